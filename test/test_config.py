@@ -1,0 +1,75 @@
+"""The strict YAML + command-line configuration (blspkd.utils.config)."""
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from blspkd.utils.config import ConfigError, from_yaml_file, parse_config, save_config
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-4
+    warmup_steps: int = 1000
+
+
+@dataclass
+class Cfg:
+    tag: str = "exp"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    losses: dict[str, float] = field(default_factory=lambda: {"input_kl": 1.0})
+    train_dirs: list[str] = field(default_factory=list)
+    max_steps: Optional[int] = None
+    grad_checkpointing: bool = False
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_yaml_then_cli_overrides(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("optim:\n  lr: 2.0e-5\nlosses: {input_kl: 1.0, cif: 0.5}\ntrain_dirs: [a, b]\n")
+    cfg = parse_config(Cfg, ["--config", str(conf), "--optim.warmup-steps", "10", "--tag=001", "--max_steps", "5"])
+    assert cfg.optim.lr == 2e-5 and cfg.optim.warmup_steps == 10
+    assert cfg.losses == {"input_kl": 1.0, "cif": 0.5} and cfg.train_dirs == ["a", "b"]
+    assert cfg.tag == "001" and cfg.max_steps == 5
+
+
+def test_yaml_typo_names_file_key_and_suggestion(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'optim\.lrr' \(did you mean 'optim\.lr'\?\)"):
+        parse_config(Cfg, ["--config", str(conf)])
+
+
+def test_cli_errors_name_the_option():
+    with pytest.raises(ConfigError, match=r"command line: unknown key 'optim\.warmup'"):
+        parse_config(Cfg, ["--optim.warmup", "3"])
+    with pytest.raises(ConfigError, match=r"'optim.warmup_steps' must be int, got 'many'"):
+        parse_config(Cfg, ["--optim.warmup_steps", "many"])
+    with pytest.raises(ConfigError, match=r"'precision' must be one of \['fp32', 'bf16'\], got 'fp16'"):
+        parse_config(Cfg, ["--precision", "fp16"])
+    with pytest.raises(ConfigError, match=r"'grad_checkpointing' must be bool"):
+        parse_config(Cfg, ["--grad_checkpointing", "3"])
+    with pytest.raises(ConfigError, match=r"option '--tag' needs a value"):
+        parse_config(Cfg, ["--tag"])
+
+
+def test_print_config_is_complete_and_round_trips(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, ["--optim.lr", "0.5", "--print_config"])
+    assert e.value.code == 0
+    printed = capsys.readouterr().out
+    assert "lr: 0.5" in printed and "warmup_steps: 1000" in printed and "precision: fp32" in printed
+    out = tmp_path / "resolved.yaml"
+    out.write_text(printed)
+    assert from_yaml_file(Cfg, out) == parse_config(Cfg, ["--optim.lr", "0.5"])
+    save_config(Cfg(tag="x"), tmp_path / "sub" / "config.yaml")
+    assert from_yaml_file(Cfg, tmp_path / "sub" / "config.yaml").tag == "x"
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        parse_config(Cfg, ["--config", str(tmp_path / "nope.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        parse_config(Cfg, ["--config", str(bad)])
