@@ -1,0 +1,209 @@
+"""Partial LoRA (PLoRA): LoRA whose update is switched on per token (method.md section 5).
+
+    y_t = W x_t + m_t * (B A dropout(x_t)) * alpha / r
+
+with m_t = 1 on speech-token positions and 0 elsewhere. Consequences (all tested in test/test_plora.py):
+
+* no mask set, or a mask of zeros: the model is exactly the base LLM (the LoRA branch is not even computed);
+* in a causal LM every position before the first masked position is exactly the base LLM's;
+* a mask of ones is ordinary LoRA with the same weights;
+* PLoRA cannot be merged into W (the update depends on the token), so the adapter is always saved on its own.
+
+Built on stock peft: ``PLoraLinear`` subclasses peft's ``lora.Linear`` and is registered with peft's custom-module
+mechanism, so ``get_peft_model``/``save_pretrained`` write the usual ``adapter_model.safetensors`` +
+``adapter_config.json``; ``load_plora`` reads them back (a plain ``PeftModel.from_pretrained`` would give ordinary
+LoRA, applied to every token).
+
+How the mask reaches the layers. ``plora_mask(model, mask)`` stores a (B, L) mask whose columns are the positions of the
+*next* forward with sequence length L (the "anchor" forward); a forward pre-hook on the transformers model computes, for
+each forward, the mask of the positions that forward processes and hands it to every PLoRA layer:
+
+* positions are absolute: ``past = cache.get_seq_length()``; the anchor fixes ``offset = past`` at that time;
+  a forward over positions [past, past + L') uses mask columns [past - offset, past - offset + L'), zero outside;
+* so in ``generate`` with a KV cache, the prefill (the anchor) gets the mask and decode steps get zeros (generated
+  tokens are text); without a cache every step re-reads the prompt, gets the same mask padded with zeros: both agree;
+* a batch that generate expanded (beam search, num_return_sequences) gets the mask repeated the same way;
+* ``plora_mask(model, None)`` switches PLoRA off inside an outer mask context (the teacher pass, which must be exactly
+  the original LLM; peft's ``disable_adapter()`` works as well).
+
+With gradient checkpointing, layers are recomputed during backward and read the mask then: call ``backward()`` inside
+the ``plora_mask`` context in that case (the mask of the last forward stays set until the context exits).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import layer as lora_layer
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+# Reference defaults (BLSP2): r=16, alpha=16, dropout 0.05 on every attention and MLP projection. "all-linear" is
+# peft's name for every linear layer of the decoder except the output head, which is exactly that set for HF causal LMs.
+DEFAULT_PLORA = {"r": 16, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+
+
+@dataclasses.dataclass
+class _PLoraState:
+    """Mask shared by all PLoRA layers of one model (one object per model, referenced by each layer)."""
+
+    mask: torch.Tensor | None = None  # (B, L) as given to plora_mask; None = PLoRA off
+    offset: int | None = None  # absolute position of mask column 0, fixed by the anchor forward
+    active: torch.Tensor | None = None  # (B', L') mask of the forward being run; None = no LoRA in this forward
+
+
+class PLoraLinear(lora_layer.Linear):
+    """peft's LoRA ``Linear`` with the update multiplied by the per-token mask of the current forward."""
+
+    plora_state: _PLoraState | None = None
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        state = self.plora_state
+        mask = None if state is None else state.active
+        if self.disable_adapters or mask is None:
+            return self.base_layer(x, *args, **kwargs)
+        if kwargs.get("adapter_names") is not None:
+            raise TypeError("PLoRA does not support peft's mixed-adapter batches (adapter_names=...)")
+        if x.dim() != 3 or x.shape[:2] != mask.shape:
+            raise RuntimeError(
+                f"PLoRA: layer input of shape {tuple(x.shape)} does not match the token mask {tuple(mask.shape)}; "
+                "PLoRA layers must see (batch, sequence, features) inputs of the model's forward"
+            )
+        result = self.base_layer(x, *args, **kwargs)
+        result_dtype = result.dtype
+        m = mask.to(result_dtype).unsqueeze(-1)
+        for name in self.active_adapters:
+            if name not in self.lora_A:
+                continue
+            lora_A, lora_B = self.lora_A[name], self.lora_B[name]
+            h = self._cast_input_dtype(x, lora_A.weight.dtype)
+            # Same operation order as peft's vanilla LoRA, times m: a mask of ones reproduces LoRA bit for bit.
+            result = result + (lora_B(lora_A(self.lora_dropout[name](h))) * self.scaling[name]) * m
+        return result.to(result_dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise RuntimeError("PLoRA cannot be merged into the base weights: its update depends on the token mask")
+
+    def __repr__(self) -> str:
+        return "p" + super().__repr__()
+
+
+def _plora_conv1d(target: nn.Module, adapter_name: str, config: LoraConfig, **kwargs: Any) -> PLoraLinear:
+    """GPT-2 style ``Conv1D`` projections (weights stored transposed), as peft's default dispatcher handles them."""
+    config.fan_in_fan_out = True
+    return PLoraLinear(target, adapter_name, config=config, is_target_conv_1d_layer=True, **kwargs)
+
+
+def make_plora_config(lora_config: LoraConfig | dict | None = None) -> LoraConfig:
+    """A peft ``LoraConfig`` for PLoRA: reference defaults, updated by a dict, or a given LoraConfig (copied)."""
+    if isinstance(lora_config, LoraConfig):
+        config = LoraConfig(**{f.name: getattr(lora_config, f.name) for f in dataclasses.fields(LoraConfig) if f.init})
+    else:
+        values = {**DEFAULT_PLORA, **(lora_config or {})}
+        config = LoraConfig(task_type="CAUSAL_LM", bias="none", **values)
+    if config.use_dora or config.bias != "none":
+        raise ValueError("PLoRA supports plain LoRA only (use_dora=False, bias='none')")
+    config._register_custom_module({nn.Linear: PLoraLinear, Conv1D: _plora_conv1d})
+    return config
+
+
+def _attach(peft_model: PeftModel) -> PeftModel:
+    """Give every PLoRA layer the model's shared state and install the pre-hook that computes each forward's mask."""
+    layers = [m for m in peft_model.modules() if isinstance(m, lora_layer.LoraLayer)]
+    plain = [type(m).__name__ for m in layers if not isinstance(m, PLoraLinear)]
+    if plain:
+        raise TypeError(f"PLoRA: these target modules got ordinary LoRA layers, not PLoRA: {sorted(set(plain))}")
+    if not layers:
+        raise ValueError("PLoRA: no layer matched target_modules")
+    state = _PLoraState()
+    for m in layers:
+        m.plora_state = state
+    base = peft_model.get_base_model()
+    base.register_forward_pre_hook(lambda module, args, kwargs: _select_mask(state, args, kwargs), with_kwargs=True)
+    return peft_model
+
+
+def apply_plora(model: nn.Module, lora_config: LoraConfig | dict | None = None) -> PeftModel:
+    """Wrap a Hugging Face causal LM with fresh PLoRA adapters (B = 0, so it starts as the base model).
+
+    ``lora_config``: a peft ``LoraConfig``, a dict of its arguments (over the reference defaults r=16, alpha=16,
+    dropout=0.05, all attention and MLP projections) or None. Only the adapter weights are trainable. Save with
+    ``peft_model.save_pretrained(dir)``; load with ``load_plora``.
+    """
+    return _attach(get_peft_model(model, make_plora_config(lora_config)))
+
+
+def load_plora(model: nn.Module, adapter_dir: str, is_trainable: bool = False) -> PeftModel:
+    """Load PLoRA adapters saved by ``save_pretrained`` (adapter_config.json + adapter_model.safetensors)."""
+    config = make_plora_config(LoraConfig.from_pretrained(adapter_dir))
+    config.inference_mode = not is_trainable
+    return _attach(PeftModel.from_pretrained(model, adapter_dir, config=config, is_trainable=is_trainable))
+
+
+def _find_state(model: nn.Module) -> _PLoraState:
+    for m in model.modules():
+        if isinstance(m, PLoraLinear) and m.plora_state is not None:
+            return m.plora_state
+    raise ValueError("plora_mask: the model has no PLoRA layers (build it with blspkd.models.plora.apply_plora)")
+
+
+def _past_length(kwargs: dict) -> int:
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    return int(cache.get_seq_length())
+
+
+def _select_mask(state: _PLoraState, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook: set ``state.active`` to the mask of the positions this forward processes (or None)."""
+    state.active = None
+    if state.mask is None:
+        return
+    inputs = kwargs.get("input_ids")
+    if inputs is None:
+        inputs = args[0] if args else kwargs.get("inputs_embeds")
+    if inputs is None:
+        return
+    batch, length = inputs.shape[0], inputs.shape[1]
+    past = _past_length(kwargs)
+    mask = state.mask
+    if state.offset is None:
+        if length != mask.shape[1]:
+            return  # not the anchor forward yet (e.g. a prefix being cached): no LoRA
+        state.offset = past
+    if batch != mask.shape[0]:
+        if batch % mask.shape[0]:
+            raise RuntimeError(f"PLoRA: forward batch {batch} is not a multiple of the mask batch {mask.shape[0]}")
+        mask = mask.repeat_interleave(batch // mask.shape[0], dim=0)  # as generate expands beams/return sequences
+    start = past - state.offset
+    lo, hi = max(start, 0), min(start + length, mask.shape[1])
+    if hi <= lo:
+        return  # decode steps after the anchor: generated tokens are text
+    active = mask.new_zeros(batch, length)
+    active[:, lo - start : hi - start] = mask[:, lo:hi]
+    if bool(active.any()):
+        state.active = active.to(inputs.device)
+
+
+@contextlib.contextmanager
+def plora_mask(model: nn.Module, mask: torch.Tensor | None) -> Iterator[None]:
+    """Run the forwards inside with the PLoRA token mask ``mask`` (B, L) (float or bool; None switches PLoRA off).
+
+    ``model`` is the PeftModel from ``apply_plora``/``load_plora`` or any module containing it. See the module docstring
+    for how the mask maps onto forwards (anchor forward, KV cache, generate).
+    """
+    state = _find_state(model)
+    if mask is not None:
+        if mask.dim() != 2:
+            raise ValueError(f"plora_mask: the mask must be (batch, length), got shape {tuple(mask.shape)}")
+        mask = mask.detach().float()
+    saved = (state.mask, state.offset, state.active)  # restored on exit, so contexts nest
+    state.mask, state.offset, state.active = mask, None, None
+    try:
+        yield
+    finally:
+        state.mask, state.offset, state.active = saved
