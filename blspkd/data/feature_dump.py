@@ -1,0 +1,183 @@
+"""Stage 2: Whisper log-mel features of a data dir, computed in shards and merged into a dump dir.
+
+``extract_shard`` computes shard J of N (utterances split deterministically by speaker, or contiguously by utterance) into
+``<out>/shards/feats.J.{ark,scp}``, ``utt2num_frames.J`` and ``dropped.J`` (utterance -> reason), then writes the marker
+``done.J`` (JSON: the settings and the shard's statistics). A shard whose marker exists with the same settings is skipped,
+so re-running every job after a killed one redoes only the missing shards. ``merge_shards`` checks that every shard is done,
+writes ``<out>/feats.scp`` and ``utt2num_frames`` and the data dir's files restricted to the kept utterances, validates
+the result and writes ``<out>/.complete``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from blspkd.data.audio import AudioReader
+from blspkd.data.data_dir_ops import load_tables, split_utterances, write_restricted
+from blspkd.data.feats_io import write_feats
+from blspkd.data.kaldi_dir import RECO_FILES, SPK_FILES, UTT_FILES, DataDirError, check_data_dir, read_kv, write_kv
+from blspkd.data.mel import WhisperLogMel
+
+logger = logging.getLogger(__name__)
+
+
+def shard_paths(out_dir: str | Path, shard: int) -> dict[str, Path]:
+    s = Path(out_dir) / "shards"
+    return {
+        "ark": s / f"feats.{shard}.ark",
+        "scp": s / f"feats.{shard}.scp",
+        "frames": s / f"utt2num_frames.{shard}",
+        "dropped": s / f"dropped.{shard}",
+        "done": s / f"done.{shard}",
+    }
+
+
+def _duration_filter(seconds: float, num_samples: int, mel: WhisperLogMel, min_s: float | None, max_s: float) -> str:
+    if num_samples < mel.min_samples:
+        return f"too short for one frame (< {mel.min_samples} samples)"
+    if min_s is not None and seconds < min_s:
+        return f"shorter than min_duration {min_s} s"
+    if seconds > max_s:
+        return f"longer than max_duration {max_s} s"
+    return ""
+
+
+def extract_shard(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    feature_extractor: str | Path,
+    num_shards: int,
+    shard: int,
+    min_duration: float | None = None,
+    max_duration: float | None = None,
+    split_by: str = "speaker",
+    skip_bad_audio: bool = False,
+    num_threads: int = 1,
+) -> dict:
+    """Compute shard ``shard`` (1-based) of ``num_shards``; returns the shard's statistics (also stored in done.J)."""
+    if not 1 <= shard <= num_shards:
+        raise DataDirError(f"--shard {shard} is outside 1..{num_shards} (--num_shards {num_shards})")
+    if split_by not in ("speaker", "utterance"):
+        raise DataDirError(f"--split_by must be 'speaker' or 'utterance', got '{split_by}'")
+    if Path(out_dir).resolve() == Path(data_dir).resolve():
+        raise DataDirError(f"--out_dir must differ from --data_dir ({data_dir})")
+    mel = WhisperLogMel.from_pretrained(feature_extractor)
+    max_duration = float(mel.chunk_length) if max_duration is None else max_duration
+    settings = {
+        "data_dir": str(Path(data_dir).resolve()), "feature_extractor": str(Path(feature_extractor).resolve()),
+        "n_mels": mel.n_mels, "num_shards": num_shards, "split_by": split_by,
+        "min_duration": min_duration, "max_duration": max_duration,
+    }
+    paths = shard_paths(out_dir, shard)
+    if paths["done"].is_file():
+        previous = json.loads(paths["done"].read_text())
+        if previous.get("settings") == settings and all(paths[k].is_file() for k in ("ark", "scp", "frames")):
+            logger.info("shard %d/%d already done (%s); skipping", shard, num_shards, paths["done"])
+            return previous
+        logger.info("shard %d/%d: settings or outputs changed since %s; recomputing", shard, num_shards, paths["done"])
+        paths["done"].unlink()
+
+    check_data_dir(data_dir)
+    torch.set_num_threads(num_threads)
+    utt2spk = read_kv(Path(data_dir) / "utt2spk")
+    utts = split_utterances(utt2spk, num_shards, by_speaker=split_by == "speaker")[shard - 1]
+    reader = AudioReader(data_dir, sample_rate=mel.sampling_rate, skip_bad=skip_bad_audio)
+    frames: dict[str, int] = {}
+    dropped: dict[str, str] = {}
+    audio_s = 0.0
+    mel_time = 0.0
+
+    def features():
+        nonlocal audio_s, mel_time
+        bar = tqdm(reader.iter(utts), total=len(utts), desc=f"shard {shard}/{num_shards}", unit="utt",
+                   mininterval=5.0, disable=None)
+        for utt, wave in bar:
+            seconds = len(wave) / mel.sampling_rate
+            reason = _duration_filter(seconds, len(wave), mel, min_duration, max_duration)
+            if reason:
+                dropped[utt] = reason
+                continue
+            t0 = time.perf_counter()
+            feats = mel(wave)
+            mel_time += time.perf_counter() - t0
+            audio_s += seconds
+            yield utt, feats
+
+    start = time.perf_counter()
+    frames = write_feats(paths["ark"], paths["scp"], features())
+    wall = time.perf_counter() - start
+    for utt in utts:  # skipped unreadable audio (skip_bad_audio) is dropped too, with its reason
+        if utt not in frames and utt not in dropped:
+            dropped[utt] = "unreadable audio"
+    write_kv(paths["frames"], {k: str(v) for k, v in frames.items()})
+    write_kv(paths["dropped"], dropped)
+    reasons = Counter(dropped.values())
+    stats = {
+        "settings": settings, "utterances": len(utts), "kept": len(frames), "dropped": dict(reasons),
+        "audio_seconds": round(audio_s, 3), "wall_seconds": round(wall, 3), "mel_seconds": round(mel_time, 3),
+        "num_threads": num_threads, "resampled": reader.stats.resampled, "downmixed": reader.stats.downmixed,
+        "xrt_per_core": round(audio_s / max(wall, 1e-9) / num_threads, 1), "host": socket.gethostname(),
+    }
+    tmp = paths["done"].with_suffix(".tmp")
+    tmp.write_text(json.dumps(stats, indent=1) + "\n")
+    os.replace(tmp, paths["done"])
+    logger.info(
+        "shard %d/%d: %d of %d utterances kept, %.1f s of audio in %.1f s (%.1f s log-mel) = %.0fx real time per core "
+        "(%d thread(s)); resampled %d, downmixed %d recording(s)", shard, num_shards, len(frames), len(utts), audio_s,
+        wall, mel_time, stats["xrt_per_core"], num_threads, reader.stats.resampled, reader.stats.downmixed,
+    )
+    for reason, n in sorted(reasons.items()):
+        logger.info("shard %d/%d: dropped %d utterance(s): %s", shard, num_shards, n, reason)
+    return stats
+
+
+def merge_shards(data_dir: str | Path, out_dir: str | Path, num_shards: int) -> dict:
+    """Merge the done shards into the complete dump dir ``out_dir``; returns the totals (also in ``.complete``)."""
+    out = Path(out_dir)
+    (out / ".complete").unlink(missing_ok=True)
+    missing = [j for j in range(1, num_shards + 1) if not shard_paths(out, j)["done"].is_file()]
+    if missing:
+        raise DataDirError(
+            f"{out}/shards: shard(s) {', '.join(map(str, missing))} of {num_shards} are not done. Fix: run "
+            f"python -m blspkd.bin.extract_feats --data_dir {data_dir} --out_dir {out_dir} --feature_extractor DIR "
+            f"--num_shards {num_shards} --shard J for each missing J (stage 2 again does exactly that)"
+        )
+    stats = [json.loads(shard_paths(out, j)["done"].read_text()) for j in range(1, num_shards + 1)]
+    if any(s["settings"]["num_shards"] != num_shards for s in stats):
+        raise DataDirError(f"{out}/shards: the done markers were written for another --num_shards; rerun stage 2")
+    feats: dict[str, str] = {}
+    frames: dict[str, str] = {}
+    dropped: Counter = Counter()
+    for j in range(1, num_shards + 1):
+        p = shard_paths(out, j)
+        feats.update(read_kv(p["scp"]) if p["scp"].stat().st_size else {})
+        frames.update(read_kv(p["frames"]) if p["frames"].stat().st_size else {})
+        dropped.update(read_kv(p["dropped"]).values() if p["dropped"].stat().st_size else [])
+    tables = load_tables(data_dir)
+    tables["feats.scp"] = feats
+    tables["utt2num_frames"] = frames
+    for name in (*UTT_FILES, *RECO_FILES, *SPK_FILES):  # files of an earlier merge that the source no longer has
+        if name not in tables and name != "spk2utt":
+            (out / name).unlink(missing_ok=True)
+    kept = write_restricted(tables, out, feats)
+    check_data_dir(out)
+    audio = sum(s["audio_seconds"] for s in stats)
+    cpu = sum(s["wall_seconds"] * s["num_threads"] for s in stats)
+    total = {
+        "utterances": len(tables["utt2spk"]), "kept": kept, "dropped": dict(dropped), "audio_hours": audio / 3600,
+        "xrt_per_core": round(audio / max(cpu, 1e-9), 1), "num_shards": num_shards,
+    }
+    logger.info("merged %d shards into %s: %d of %d utterances kept, %.2f h of audio, %.0fx real time per core",
+                num_shards, out, kept, total["utterances"], total["audio_hours"], total["xrt_per_core"])
+    for reason, n in sorted(dropped.items()):
+        logger.info("dropped %d utterance(s): %s", n, reason)
+    (out / ".complete").write_text(json.dumps(total, indent=1) + "\n")
+    return total
