@@ -14,6 +14,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["blspkd", "blspkd.*"]),
+    # the Whisper English spelling map used by the WER normaliser (MIT, see blspkd/scoring/english_spelling.LICENSE)
+    package_data={"blspkd.scoring": ["english_spelling.json", "english_spelling.LICENSE"]},
     install_requires=[
         "transformers>=5,<6",
         "peft>=0.17",

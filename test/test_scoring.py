@@ -371,3 +371,17 @@ def test_aggregate_without_results_is_an_error(tmp_path):
         collect_results([tmp_path / "exp"])
     with pytest.raises(FileNotFoundError):
         write_results_md(collect_results([tmp_path / "missing"]), tmp_path / "R.md")
+
+
+def test_aggregate_leaves_out_foreign_result_json(decode_tree, caplog):
+    root, ref, d1, _, _ = decode_tree
+    write_set_results(d1, score_files(ref, d1 / "hyp.txt", ["wer"], "en"))
+    other = root / "exp/kd_a/train/result.json"
+    other.parent.mkdir(parents=True)
+    other.write_text('{"loss": 1.0}')
+    entries = collect_results([root / "exp"])
+    assert [Path(e["decode_dir"]).name for e in entries] == ["decode_test"]
+    assert "train/result.json: not a blspkd score result" in caplog.text
+    (d1 / "result.json").write_text("{broken")
+    with pytest.raises(ValueError, match="decode_test/result.json: unreadable .*; re-run scoring for"):
+        collect_results([root / "exp"])

@@ -155,12 +155,18 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def collect_decode_dir(result_json: Path) -> dict:
-    """Everything RESULTS.md shows for one decode dir; missing side files are recorded as absent, never fatal."""
+def collect_decode_dir(result_json: Path) -> dict | None:
+    """Everything RESULTS.md shows for one decode dir (None for a result.json not written by blspkd.bin.score).
+
+    Missing side files are recorded as absent, never fatal.
+    """
     decode_dir = result_json.parent
-    summary = json.loads(result_json.read_text(encoding="utf-8"))
-    if summary.get("format") != RESULT_FORMAT:
-        raise ValueError(f"{result_json}: not a blspkd score result (format {summary.get('format')!r})")
+    try:
+        summary = json.loads(result_json.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{result_json}: unreadable ({e}); re-run scoring for {decode_dir}") from None
+    if not isinstance(summary, dict) or summary.get("format") != RESULT_FORMAT:
+        return None
     entry: dict = {"decode_dir": str(decode_dir), "result": summary, "decode_config": None, "model_dir": None}
     decode_cfg_path = decode_dir / DECODE_CONFIG
     decode_cfg: dict = {}
@@ -192,17 +198,23 @@ def collect_decode_dir(result_json: Path) -> dict:
 
 def collect_results(roots: list[str | Path]) -> list[dict]:
     """Every result.json under ``roots`` (searched recursively), in path order."""
-    entries = []
+    entries: list[dict] = []
+    foreign = 0
     for root in roots:
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such directory to collect results from")
         paths = [root] if root.is_file() else sorted(root.rglob("result.json"))
         for p in paths:
-            entries.append(collect_decode_dir(p))
+            entry = collect_decode_dir(p)
+            if entry is None:
+                foreign += 1
+                log.warning("%s: not a blspkd score result (no format %r); left out", p, RESULT_FORMAT)
+            else:
+                entries.append(entry)
     if not entries:
         raise FileNotFoundError(f"no result.json under {', '.join(map(str, roots))}; run scoring (stage 7) first")
-    log.info("collected %d scored decode dirs", len(entries))
+    log.info("collected %d scored decode dirs (%d other result.json files left out)", len(entries), foreign)
     return entries
 
 
