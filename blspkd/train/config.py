@@ -1,0 +1,91 @@
+"""Configuration of a training run (stages 4 and 5), read by ``blspkd.utils.config.parse_config``.
+
+One dataclass tree for both stages; the recipe's ``conf/pretrain.yaml`` and ``conf/finetune.yaml`` differ in values.
+Every key is strict: a typo in a YAML file or on the command line is an error naming the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class DumpDirConfig:
+    """One stage-2 dump dir in the training mix."""
+
+    path: str = ""
+    # Examples drawn from this dir per epoch, relative to its size: 2.0 repeats every utterance twice, 0.5 takes a
+    # random half (a different half every epoch). Mixing corpora of very different sizes is what the weights are for.
+    weight: float = 1.0
+
+
+@dataclass
+class TaskConfig:
+    """One kind of training example built from a dump dir's per-utterance files (see blspkd/train/dataset.py).
+
+    kind:
+      plain          speech only, no instruction, no response (input-KD pretraining)
+      transcription  ``instruction`` + speech, response = the transcript (``text``)
+      continuation   ``instruction`` + speech, response = the teacher continuation (``continuation`` file, stage 3)
+      spoken_instruction  speech (the instruction itself), optional text ``instruction`` file, response = ``response``
+      translation    ``instruction`` (``{language}`` filled from ``language``) + speech, response = ``translation`` file
+    """
+
+    kind: Literal["plain", "transcription", "continuation", "spoken_instruction", "translation"] = "plain"
+    weight: float = 1.0
+    instruction: str | None = None
+    language: str | None = None
+
+
+@dataclass
+class DataConfig:
+    train: list[DumpDirConfig] = field(default_factory=list)
+    valid: list[str] = field(default_factory=list)
+    tasks: list[TaskConfig] = field(default_factory=lambda: [TaskConfig()])
+    # "frames": batch_bins counts padded feature frames (100/s); "tokens": padded transcript tokens (utt2num_tokens).
+    batch_type: Literal["frames", "tokens"] = "frames"
+    batch_bins: int = 20000
+    max_batch_size: int = 64
+    num_workers: int = 2
+    # Number of validation utterances whose generations (speech in, text out) are written to the log at each validation.
+    num_sample_generations: int = 3
+    max_valid_batches: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1.0e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1.0e-8
+    warmup_steps: int = 1000
+    grad_accum: int = 1
+    clip_grad_norm: float | None = 1.0
+
+
+@dataclass
+class TrainConfig:
+    exp_dir: str = "exp/blspkd"
+    # Arguments of blspkd.models.BlspKdConfig (speech_encoder, llm, adapter sizes, plora, losses, temperature, prompts).
+    model: dict[str, Any] = field(default_factory=dict)
+    # A model directory (save_pretrained output, e.g. the previous stage's exp_dir/model) whose trainable weights start
+    # this run; its config is the base and ``model`` keys override it. Stage 5 starts from stage 4 this way.
+    init_from: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    # Optimizer updates of the whole run; the lr decays linearly to 0 at the end of it (after warmup).
+    max_steps: int | None = None
+    num_epochs: int = 1
+    # Stop early after this many updates, as if the job had been killed (resumes seamlessly when re-run without it).
+    stop_after_steps: int | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    find_unused_parameters: bool = False
+    log_interval: int = 10
+    valid_interval: int = 500
+    save_interval: int = 500
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    log_level: str = "INFO"
