@@ -1,0 +1,304 @@
+"""``BlspKdModel``: Whisper encoder -> CFormer (CIF) -> LLM, trained by distillation from the same LLM reading text.
+
+Training forward (method.md 3-4), with teacher and student sharing one token layout (N = transcript token count):
+
+    teacher: no_grad, adapters off:  h_T = LLM([prefix | transcript | suffix | response])
+    student: PLoRA on speech rows:   h_S = LLM([prefix | speech tokens | suffix | response])
+    input_kl    = KL(softmax(z_T/T) || softmax(z_S/T)) on transcript rows      (z = lm_head(h) of those rows only)
+    response_kl = the same on the rows that predict response tokens
+    response_ce = CE(z_S, next token) on those rows
+    cif         = mean_b |sum_t alpha_t / N - 1|
+    cif_ce      = warm start: CIF vector k vs the frozen input embeddings (``blspkd.losses.embedding_ce``)
+    loss        = sum_name weight_name * loss_name
+
+Full-vocabulary logits are built only for the rows a loss uses: the backbone's hidden states are gathered first, then
+the output head runs on those rows (R x V instead of B x L x V).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from blspkd.data.prompts import ChatFraming
+from blspkd.losses import cif_quantity_loss, embedding_ce, kd_kl
+from blspkd.models.cif import CFormer
+from blspkd.models.configuration_blspkd import BlspKdConfig
+from blspkd.models.speech_encoder import WhisperSpeechEncoder
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+LLM_LOSSES = ("input_kl", "response_kl", "response_ce")
+
+
+def _resolve(path: str, base_dir: str | None) -> str:
+    """A relative base-model path inside a saved model directory (an export) wins over the working directory."""
+    if base_dir and path and not os.path.isabs(path) and (Path(base_dir) / path).exists():
+        return str(Path(base_dir) / path)
+    return path
+
+
+class BlspKdModel(nn.Module):
+    config_class = BlspKdConfig
+
+    def __init__(self, config: BlspKdConfig, base_dir: str | None = None):
+        super().__init__()
+        from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor
+
+        if not config.speech_encoder or not config.llm:
+            raise ValueError("BlspKdConfig needs both speech_encoder and llm (local model directories)")
+        self.config = config
+        encoder_dir = _resolve(config.speech_encoder, base_dir)
+        llm_dir = _resolve(config.llm, base_dir)
+        self.speech_encoder = WhisperSpeechEncoder(encoder_dir, config.freeze_speech_encoder, config.pad_to_30s)
+        self.feature_extractor = WhisperFeatureExtractor.from_pretrained(encoder_dir)
+        tok_dir = base_dir if base_dir and (Path(base_dir) / "tokenizer_config.json").exists() else llm_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
+        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=getattr(torch, config.llm_dtype),
+                                                   trust_remote_code=False)
+        llm.requires_grad_(False)
+        if config.plora is not None:
+            from blspkd.models.plora import apply_plora
+
+            llm = apply_plora(llm, dict(config.plora))
+        self.llm = llm
+        self.framing = ChatFraming(self.tokenizer, config.system_prompt, config.instruction_separator)
+        a = dict(config.adapter)
+        self.adapter = CFormer(input_dim=self.speech_encoder.output_dim, llm_dim=self._causal_lm().config.hidden_size,
+                               **a)
+        self._attach_plora_to_backbone()
+
+    # ---- pieces of the LLM -------------------------------------------------------------------------------------
+    def _causal_lm(self):
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self._causal_lm().get_decoder()
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self._causal_lm().get_output_embeddings()
+
+    def _attach_plora_to_backbone(self) -> None:
+        """Let direct backbone calls (used to skip full-sequence logits) see the PLoRA mask: plora.py installs its
+        mask-selecting pre-hook on the causal-LM wrapper; the same (idempotent) hook is added to the backbone."""
+        if self.config.plora is None:
+            return
+        from blspkd.models import plora
+
+        state = plora._find_state(self.llm)
+        self.backbone.register_forward_pre_hook(lambda m, args, kwargs: plora._select_mask(state, args, kwargs),
+                                                with_kwargs=True)
+
+    def _plora(self, mask: torch.Tensor | None):
+        if self.config.plora is None:
+            return contextlib.nullcontext()
+        from blspkd.models.plora import plora_mask
+
+        return plora_mask(self.llm, mask)
+
+    def _teacher_context(self):
+        """The teacher is exactly the original LLM: no gradient, no PLoRA mask, peft adapters disabled."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(self._plora(None))
+        if hasattr(self.llm, "disable_adapter"):
+            stack.enter_context(self.llm.disable_adapter())
+        return stack
+
+    # ---- parameters and state -------------------------------------------------------------------------------------
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.trainable_named_parameters()}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> list[str]:
+        """Load weights saved by ``trainable_state_dict``. Unknown names or wrong shapes are errors; with ``strict``,
+        so is a trainable parameter missing from ``state_dict``. Returns the missing trainable names."""
+        params = dict(self.named_parameters())
+        unexpected = sorted(set(state_dict) - set(params))
+        if unexpected:
+            raise KeyError(f"weights not in this model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
+                           "(saved by a model with a different adapter/PLoRA configuration?)")
+        missing = sorted(n for n, _ in self.trainable_named_parameters() if n not in state_dict)
+        if strict and missing:
+            raise KeyError(f"trainable weights missing from the state dict: {missing[:5]}")
+        with torch.no_grad():
+            for name, value in state_dict.items():
+                if params[name].shape != value.shape:
+                    raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model shape "
+                                     f"{tuple(params[name].shape)}")
+                params[name].copy_(value)
+        return missing
+
+    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
+        """config.json + model.safetensors (trainable weights only) + tokenizer and feature-extractor files."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(out_dir)
+        state = {n: t.contiguous() for n, t in self.trainable_state_dict().items()}
+        save_file(state, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.tokenizer.save_pretrained(out_dir)
+        self.feature_extractor.save_pretrained(out_dir)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, **config_overrides) -> BlspKdModel:
+        """Rebuild from ``save_pretrained`` output; ``config_overrides`` (e.g. ``llm=...``) replace config fields."""
+        from safetensors.torch import load_file
+
+        model_dir = str(model_dir)
+        weights = Path(model_dir) / WEIGHTS_NAME
+        if not weights.exists():
+            raise FileNotFoundError(f"{weights} not found: not a directory written by BlspKdModel.save_pretrained")
+        config = BlspKdConfig.from_pretrained(model_dir)
+        for key, value in config_overrides.items():
+            if not hasattr(config, key):
+                raise ValueError(f"from_pretrained: unknown config field {key!r}")
+            setattr(config, key, value)
+        model = cls(config, base_dir=model_dir)
+        missing = model.load_trainable_state_dict(load_file(str(weights)), strict=False)
+        if missing:
+            logger.info("%d trainable tensors not in %s keep their fresh values (e.g. newly enabled PLoRA): %s",
+                        len(missing), weights, missing[:3])
+        return model
+
+    # ---- training forward -----------------------------------------------------------------------------------------
+    def encode_speech(self, feats: torch.Tensor, feats_lengths: torch.Tensor, num_tokens: torch.Tensor | None = None):
+        hidden, mask = self.speech_encoder(feats, feats_lengths)
+        return self.adapter(hidden, mask, num_tokens)
+
+    def _rows_hidden(self, embeds, attention_mask, position_ids, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
+        return [hidden[r] for r in rows]
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        feats_lengths: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        transcript_mask: torch.Tensor,
+        response_mask: torch.Tensor,
+        num_tokens: torch.Tensor,
+    ) -> dict:
+        weights = self.config.losses
+        speech = self.encode_speech(feats, feats_lengths, num_tokens)
+        out: dict = {}
+        stats = {"num_tokens": float(num_tokens.sum()), "batch_size": float(len(num_tokens)),
+                 "cif_ratio": float((speech.alpha_sum.detach() / num_tokens).mean())}
+        if "cif" in weights:
+            out["cif"] = cif_quantity_loss(speech.alpha_sum, num_tokens)
+        if "cif_ce" in weights:
+            out["cif_ce"], stats["cif_acc"] = embedding_ce(speech.embeds[speech.mask], input_ids[transcript_mask],
+                                                           self.llm.get_input_embeddings().weight,
+                                                           self.config.cif_ce_temperature)
+            stats["cif_acc"] = float(stats["cif_acc"])
+        if any(name in weights for name in LLM_LOSSES):
+            out.update(self._llm_losses(speech, input_ids, attention_mask, transcript_mask, response_mask, stats))
+        loss = sum(weights[name] * out[name] for name in weights)
+        for name in weights:
+            stats[name] = float(out[name].detach())
+        out["loss"] = loss
+        out["stats"] = stats
+        return out
+
+    def _llm_losses(self, speech, input_ids, attention_mask, transcript_mask, response_mask, stats) -> dict:
+        weights = self.config.losses
+        # position ids follow the attention mask, so any padding layout gives the positions of an unpadded sequence
+        position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        # row i predicts token i+1: response rows are the positions just before each response token
+        response_rows = torch.zeros_like(response_mask)
+        response_rows[:, :-1] = response_mask[:, 1:]
+        text_embeds = self.llm.get_input_embeddings()(input_ids)
+        student_embeds = text_embeds.clone()
+        student_embeds[transcript_mask] = speech.embeds[speech.mask].to(text_embeds.dtype)
+        lm_head = self.lm_head
+        out = {}
+        with self._plora(transcript_mask):
+            s_in, s_resp = self._rows_hidden(student_embeds, attention_mask, position_ids,
+                                             [transcript_mask, response_rows])
+        need_teacher = "input_kl" in weights or "response_kl" in weights
+        s_in_logits = lm_head(s_in)
+        if need_teacher:
+            with self._teacher_context():
+                t_in, t_resp = self._rows_hidden(text_embeds, attention_mask, position_ids,
+                                                 [transcript_mask, response_rows])
+                t_in_logits = lm_head(t_in)
+            stats["agreement"] = float((t_in_logits.argmax(-1) == s_in_logits.argmax(-1)).float().mean())
+            if "input_kl" in weights:
+                out["input_kl"] = kd_kl(s_in_logits, t_in_logits, self.config.temperature)
+            if "response_kl" in weights:
+                with torch.no_grad():
+                    t_resp_logits = lm_head(t_resp)
+                out["response_kl"] = kd_kl(lm_head(s_resp), t_resp_logits, self.config.temperature)
+        if "response_ce" in weights:
+            labels = torch.zeros_like(input_ids)
+            labels[:, :-1] = input_ids[:, 1:]
+            s_resp_logits = lm_head(s_resp)
+            if s_resp_logits.shape[0] == 0:  # no item of this batch has a response
+                out["response_ce"] = s_resp_logits.float().sum() * 0.0
+            else:
+                out["response_ce"] = nn.functional.cross_entropy(s_resp_logits.float(), labels[response_rows])
+                stats["response_acc"] = float((s_resp_logits.argmax(-1) == labels[response_rows]).float().mean())
+        stats["response_tokens"] = float(response_rows.sum())
+        return out
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, feats: torch.Tensor, feats_lengths: torch.Tensor, instructions: list[str | None] | None = None,
+                 **generate_kwargs) -> list[str]:
+        """Speech (+ optional instruction per utterance) -> text. CIF predicts each utterance's speech-token count;
+        prompts are left-padded and run through transformers' ``generate`` with ``inputs_embeds`` and a KV cache;
+        PLoRA applies to the speech positions of the prompt only. ``generate_kwargs`` go to ``generate``
+        (``max_new_tokens`` defaults to 128; greedy unless ``num_beams``/``do_sample`` say otherwise)."""
+        batch = self.build_generation_inputs(feats, feats_lengths, instructions)
+        tok = self.tokenizer
+        eos = list(dict.fromkeys([*self.framing.end_of_turn_ids[:1],
+                                  *([tok.eos_token_id] if tok.eos_token_id is not None else [])]))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+        kwargs = {"max_new_tokens": 128, "do_sample": False, "eos_token_id": eos, "pad_token_id": pad,
+                  **generate_kwargs}
+        with self._plora(batch["speech_mask"]):
+            tokens = self.llm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                                       **kwargs)
+        return [t.strip() for t in tok.batch_decode(tokens, skip_special_tokens=True)]
+
+    def build_generation_inputs(self, feats, feats_lengths, instructions=None) -> dict[str, torch.Tensor]:
+        """Left-padded prompt embeddings ``[prefix | instruction | speech | suffix]`` with the attention and speech
+        masks (B, L)."""
+        speech = self.encode_speech(feats, feats_lengths)
+        b = feats.shape[0]
+        if instructions is None:
+            instructions = [None] * b
+        if len(instructions) != b:
+            raise ValueError(f"generate: {len(instructions)} instructions for a batch of {b}")
+        embed = self.llm.get_input_embeddings()
+        device = embed.weight.device
+        parts = []
+        for i, instruction in enumerate(instructions):
+            prefix = self.framing.prefix_ids(instruction or self.config.default_instruction)
+            n = int(speech.num_tokens[i])
+            parts.append((torch.tensor(prefix, device=device), speech.embeds[i, :n],
+                          torch.tensor(self.framing.suffix_ids, device=device)))
+        length = max(len(p) + len(s) + len(x) for p, s, x in parts)
+        embeds = torch.zeros(b, length, embed.weight.shape[1], dtype=embed.weight.dtype, device=device)
+        attention_mask = torch.zeros(b, length, dtype=torch.long, device=device)
+        speech_mask = torch.zeros(b, length, dtype=torch.bool, device=device)
+        for i, (prefix, sp, suffix) in enumerate(parts):
+            row = torch.cat([embed(prefix), sp.to(embeds.dtype), embed(suffix)])
+            start = length - row.shape[0]
+            embeds[i, start:] = row
+            attention_mask[i, start:] = 1
+            speech_mask[i, start + len(prefix): start + len(prefix) + sp.shape[0]] = True
+        return {"inputs_embeds": embeds, "attention_mask": attention_mask, "speech_mask": speech_mask,
+                "num_tokens": speech.num_tokens}
