@@ -30,9 +30,11 @@ def _bool(value: str) -> bool:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m blspkd.bin.extract_feats", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m blspkd.bin.extract_feats", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(*opt("data_dir"), dest="data_dir", required=True, help="Kaldi data dir (wav.scp, text, utt2spk, ...)")
+    p.add_argument(*opt("data_dir"), dest="data_dir", required=True,
+                   help="Kaldi data dir (wav.scp, text, utt2spk, ...)")
     p.add_argument(*opt("out_dir"), dest="out_dir", required=True, help="dump dir to write (e.g. dump/train)")
     p.add_argument(*opt("feature_extractor"), dest="feature_extractor",
                    help="HF model dir with preprocessor_config.json (required unless --merge)")

@@ -7,8 +7,8 @@
   anti-aliasing included; exact rational ratio, e.g. 441/160 for 44.1 kHz), chosen over rejecting such input because
   corpora mix rates, and over FFT resampling because it has no wrap-around artefacts at the edges. Counts are logged.
 * A missing, unreadable or empty recording, a failing pipe command or a segment outside its recording raises AudioError
-  naming ``wav.scp:line`` (or ``segments:line``) and what is wrong; with ``skip_bad=True`` the utterance is skipped, logged,
-  and counted instead.
+  naming ``wav.scp:line`` (or ``segments:line``) and what is wrong; with ``skip_bad=True`` the utterance is skipped,
+  logged, and counted instead.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Operations on Kaldi data dirs with Kaldi semantics: fix, subset, combine and split.
 
 All of them go through one pair of helpers: ``load_tables`` reads every known file of a dir into dicts, and
-``write_restricted`` writes a dir holding only a given set of utterances (recording files restricted to the recordings those
-utterances use, speaker files to their speakers, ``spk2utt`` regenerated from ``utt2spk``).
+``write_restricted`` writes a dir holding only a given set of utterances (recording files restricted to the recordings
+those utterances use, speaker files to their speakers, ``spk2utt`` regenerated from ``utt2spk``).
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def _drop_reason(utt: str, tables: Tables, per_utt: list[str], conflicts: dict[s
     if "segments" in tables:
         seg = _parse_segment(tables["segments"][utt])
         if isinstance(seg, str):
-            return "malformed segments line"
+            return "malformed segments line or times"
         if seg[0] not in tables.get("wav.scp", {}):
             return "recording of segments not in wav.scp"
         if seg[0] in conflicts.get("wav.scp", ()):
@@ -181,8 +181,8 @@ def subset_data_dir(
     random_n: int | None = None,
     seed: int = 0,
 ) -> list[str]:
-    """Copy the utterances chosen by exactly one selector (first N, last N, listed utterances, listed speakers' utterances,
-    N random with a seed) from ``src`` to ``dst``. Returns the kept utterance ids (sorted)."""
+    """Copy the utterances chosen by exactly one selector (first N, last N, listed utterances, listed speakers'
+    utterances, N random with a seed) from ``src`` to ``dst``. Returns the kept utterance ids (sorted)."""
     chosen = [x is not None for x in (first, last, utt_list, spk_list, random_n)]
     if sum(chosen) != 1:
         raise DataDirError("subset: give exactly one of --first, --last, --utt_list, --spk_list, --random")
@@ -201,7 +201,8 @@ def subset_data_dir(
         wanted = set(utt_list)
         keep = [u for u in utts if u in wanted]
         if len(keep) < len(wanted):
-            logger.warning("subset: %d of %d listed utterances are not in %s", len(wanted) - len(keep), len(wanted), src)
+            logger.warning("subset: %d of %d listed utterances are not in %s",
+                           len(wanted) - len(keep), len(wanted), src)
     else:
         speakers = set(spk_list)
         keep = [u for u in utts if tables["utt2spk"][u] in speakers]
@@ -219,8 +220,8 @@ def subset_data_dir(
 
 
 def combine_data(dst: str | Path, srcs: list[str | Path]) -> int:
-    """Union of several data dirs into ``dst``. An utterance (or speaker-file/recording key with a different value) found
-    in two sources is an error naming both. Files that only some sources have are skipped with a warning, except
+    """Union of several data dirs into ``dst``. An utterance (or speaker-file/recording key with a different value)
+    found in two sources is an error naming both. Files that only some sources have are skipped with a warning, except
     ``segments``, which must be in all or none."""
     if not srcs:
         raise DataDirError("combine: no source data dir given")
@@ -261,9 +262,9 @@ def combine_data(dst: str | Path, srcs: list[str | Path]) -> int:
 
 
 def split_utterances(utt2spk: dict[str, str], num_shards: int, by_speaker: bool = True) -> list[list[str]]:
-    """Deterministic split of the (sorted) utterances into ``num_shards`` contiguous, non-empty groups of near-equal size.
-    With ``by_speaker`` a speaker's utterances stay in one shard (as Kaldi's split_data.sh); with fewer speakers than
-    shards it falls back to a per-utterance split and logs so."""
+    """Deterministic split of the (sorted) utterances into ``num_shards`` contiguous, non-empty groups of near-equal
+    size. With ``by_speaker`` a speaker's utterances stay in one shard (as Kaldi's split_data.sh); with fewer speakers
+    than shards it falls back to a per-utterance split and logs so."""
     utts = sort_keys(utt2spk)
     if num_shards < 1:
         raise DataDirError(f"split: the number of shards must be >= 1, got {num_shards}")
@@ -297,7 +298,8 @@ def _balanced_groups(blocks: list[list[str]], n: int) -> list[list[str]]:
 
 
 def split_data_dir(data_dir: str | Path, num_shards: int, by_speaker: bool = True) -> list[Path]:
-    """Write ``<dir>/split<N>/<j>`` (or ``split<N>utt/<j>`` for a per-utterance split), j = 1..N, each a complete data dir."""
+    """Write ``<dir>/split<N>/<j>`` (or ``split<N>utt/<j>`` for a per-utterance split), j = 1..N, each a complete data
+    dir."""
     d = Path(data_dir)
     tables = load_tables(d)
     groups = split_utterances(tables["utt2spk"], num_shards, by_speaker)

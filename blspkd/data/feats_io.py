@@ -1,7 +1,7 @@
 """Kaldi ark/scp feature I/O: the only module that imports kaldiio.
 
-kaldiio's wheel carries an "evaluation only" licence, so every ark/scp access of the toolkit goes through the three functions
-below; swapping the backend means rewriting this file only. Features are float32 matrices (frames x bins).
+kaldiio's wheel carries an "evaluation only" licence, so every ark/scp access of the toolkit goes through the three
+functions below; swapping the backend means rewriting this file only. Features are float32 matrices (frames x bins).
 
 Paths inside an scp are written as given (Kaldi convention: recipes run from the recipe dir with relative paths such as
 ``dump/train/shards/feats.1.ark``), so the scp resolves from the directory the writer ran in.
@@ -33,7 +33,8 @@ def read_matrix(location: str) -> np.ndarray:
 
 
 def write_feats(ark: str | Path, scp: str | Path, items: Iterable[tuple[str, np.ndarray]]) -> dict[str, int]:
-    """Write (key, matrix) pairs to ``ark`` and index them in ``scp`` (both overwritten). Returns key -> number of rows."""
+    """Write (key, matrix) pairs to ``ark`` and index them in ``scp`` (both overwritten). Returns key -> number of
+    rows."""
     Path(ark).parent.mkdir(parents=True, exist_ok=True)
     Path(scp).parent.mkdir(parents=True, exist_ok=True)
     rows: dict[str, int] = {}

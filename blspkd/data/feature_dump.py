@@ -1,11 +1,11 @@
 """Stage 2: Whisper log-mel features of a data dir, computed in shards and merged into a dump dir.
 
-``extract_shard`` computes shard J of N (utterances split deterministically by speaker, or contiguously by utterance) into
-``<out>/shards/feats.J.{ark,scp}``, ``utt2num_frames.J`` and ``dropped.J`` (utterance -> reason), then writes the marker
-``done.J`` (JSON: the settings and the shard's statistics). A shard whose marker exists with the same settings is skipped,
-so re-running every job after a killed one redoes only the missing shards. ``merge_shards`` checks that every shard is done,
-writes ``<out>/feats.scp`` and ``utt2num_frames`` and the data dir's files restricted to the kept utterances, validates
-the result and writes ``<out>/.complete``.
+``extract_shard`` computes shard J of N (utterances split deterministically by speaker, or contiguously by utterance)
+into ``<out>/shards/feats.J.{ark,scp}``, ``utt2num_frames.J`` and ``dropped.J`` (utterance -> reason), then writes the
+marker ``done.J`` (JSON: the settings and the shard's statistics). A shard whose marker exists with the same settings
+is skipped, so re-running every job after a killed one redoes only the missing shards. ``merge_shards`` checks that
+every shard is done, writes ``<out>/feats.scp`` and ``utt2num_frames`` and the data dir's files restricted to the kept
+utterances, validates the result and writes ``<out>/.complete``.
 """
 from __future__ import annotations
 

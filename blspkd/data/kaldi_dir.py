@@ -1,13 +1,14 @@
 """Kaldi data directories: reading, writing and validating ``<key> <value>`` files.
 
-A data dir holds ``wav.scp``, ``text``, ``utt2spk``, ``spk2utt`` and optionally ``segments`` and the per-utterance files of this
-toolkit (``instruction``, ``response``, ``continuation``, ``utt2num_tokens``, ``utt2lang``, ``translation``) plus, after
-feature extraction, ``feats.scp`` and ``utt2num_frames``. Every file has one ``<key> <value>`` line per entry, keys unique,
-lines sorted in byte order (what ``LC_ALL=C sort`` gives; Python's ``sorted`` on ``str`` gives the same order because UTF-8
-preserves code-point order), UTF-8, each line newline-terminated.
+A data dir holds ``wav.scp``, ``text``, ``utt2spk``, ``spk2utt`` and optionally ``segments`` and the per-utterance
+files of this toolkit (``instruction``, ``response``, ``continuation``, ``utt2num_tokens``, ``utt2lang``,
+``translation``) plus, after feature extraction, ``feats.scp`` and ``utt2num_frames``. Every file has one
+``<key> <value>`` line per entry, keys unique, lines sorted in byte order (what ``LC_ALL=C sort`` gives; Python's
+``sorted`` on ``str`` gives the same order because UTF-8 preserves code-point order), UTF-8, each line
+newline-terminated.
 
-``read_kv``/``write_kv`` are the strict reader and the atomic sorted writer everyone uses. ``validate_data_dir`` checks the
-Kaldi rules and returns every problem (capped) as ``file:line: what. Fix: how``.
+``read_kv``/``write_kv`` are the strict reader and the atomic sorted writer everyone uses. ``validate_data_dir``
+checks the Kaldi rules and returns every problem (capped) as ``file:line: what. Fix: how``.
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class KvFile:
 
 
 def parse_kv(path: str | Path) -> KvFile:
-    """Parse a ``<key> <value>`` file without raising: bad lines are reported in ``problems`` and left out of ``entries``."""
+    """Parse a ``<key> <value>`` file without raising: bad lines are reported in ``problems`` and left out of
+    ``entries``."""
     path = Path(path)
     out = KvFile(path)
     raw = path.read_bytes()
@@ -87,7 +89,8 @@ def parse_kv(path: str | Path) -> KvFile:
 
 
 def read_kv(path: str | Path) -> dict[str, str]:
-    """Read a ``<key> <value>`` file into a dict in file order; any malformed line or duplicate key raises DataDirError."""
+    """Read a ``<key> <value>`` file into a dict in file order; any malformed line or duplicate key raises
+    DataDirError."""
     path = Path(path)
     if not path.is_file():
         raise DataDirError(f"{path}: file not found")
@@ -187,6 +190,10 @@ def read_segments(path: str | Path) -> dict[str, tuple[str, float, float]]:
     return out
 
 
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Errors:
     """Collects validation messages; keeps the first MAX_ERRORS and counts the rest."""
 
@@ -210,15 +217,20 @@ class _Errors:
 def _check_file(kv: KvFile, fix: str, errors: _Errors) -> dict[str, int]:
     """Line-level checks, sort order and unique keys of one file. Returns key -> first line number."""
     path = kv.path
+    crlf = [n for n, msg in kv.problems if msg.startswith("Windows line ending")]
+    if crlf:  # one message per file: a converted file fixes them all
+        errors.add(path, crlf[0], f"Windows line ending (\\r\\n) on {len(crlf)} line(s)",
+                   f"convert line endings (sed -i 's/\\r$//' {path}) or {fix}")
     for lineno, msg in kv.problems:
-        how = {
-            "file is empty": f"remove the empty file or fill it; {fix}",
-        }.get(msg)
+        if msg.startswith("Windows line ending"):
+            continue
         if msg.startswith("not valid UTF-8"):
             how = f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path})"
-        elif msg.startswith("Windows line ending"):
-            how = f"convert line endings (sed -i 's/\\r$//' {path}) or {fix}"
-        errors.add(path, lineno, msg, how or fix)
+        elif msg == "file is empty":
+            how = f"remove the empty file or fill it; {fix}"
+        else:
+            how = fix
+        errors.add(path, lineno, msg, how)
     if kv.missing_final_newline:
         errors.add(path, kv.num_lines, "last line is not newline-terminated",
                    f"append a newline (echo >> {path}) or {fix}")
@@ -228,7 +240,8 @@ def _check_file(kv: KvFile, fix: str, errors: _Errors) -> dict[str, int]:
     for lineno, key, _ in kv.entries:
         if key in first:
             errors.add(path, lineno, f"duplicate key '{key}' (first at line {first[key]})",
-                       f"remove one of the two lines; {fix} drops keys whose duplicate lines disagree")
+                       f"remove one of the two lines (utils/fix_data_dir.sh {path.parent} keeps identical "
+                       "duplicate lines once and drops keys whose lines disagree)")
             continue
         first[key] = lineno
         if prev_key is not None and key < prev_key and not unsorted_reported:
@@ -243,9 +256,10 @@ def validate_data_dir(
 ) -> list[str]:
     """Check a data dir with Kaldi semantics; return every problem found (empty list = valid), capped at ``max_errors``.
 
-    Checks: required files present; every file UTF-8, newline-terminated, without blank lines, sorted with LC_ALL=C, with
-    unique keys; the per-utterance files share one key set; ``spk2utt`` equals what ``utt2spk`` implies; ``segments`` lines
-    have start < end and name recordings of ``wav.scp``; transcripts are not empty; numeric files hold numbers.
+    Checks: required files present; every file UTF-8, newline-terminated, without blank lines, sorted with LC_ALL=C,
+    with unique keys; the per-utterance files share one key set; ``spk2utt`` equals what ``utt2spk`` implies;
+    ``segments`` lines have start < end and name recordings of ``wav.scp``; transcripts are not empty; numeric files
+    hold numbers.
     """
     d = Path(data_dir)
     errors = _Errors(max_errors)
@@ -256,7 +270,8 @@ def validate_data_dir(
     required.append("wav.scp" if not (d / "feats.scp").is_file() else "feats.scp")
     for name in required:
         if not (d / name).is_file():
-            how = {"spk2utt": f"utils/utt2spk_to_spk2utt.sh {d}/utt2spk > {d}/spk2utt"}.get(name, "write it in local/data.sh")
+            how = {"spk2utt": f"utils/utt2spk_to_spk2utt.sh {d}/utt2spk > {d}/spk2utt"}.get(
+                name, "write it in local/data.sh")
             errors.add(d / name, 0, "required file is missing", how)
     files = {
         name: parse_kv(d / name)
@@ -285,7 +300,7 @@ def validate_data_dir(
         for key, lineno in first_line["text"].items():
             if not values["text"][key].strip():
                 errors.add(d / "text", lineno, f"empty transcript for utterance '{key}'",
-                           f"give it a transcript or drop it; {fix} drops utterances with empty transcripts")
+                           f"give it a transcript, or drop it with utils/fix_data_dir.sh {d}")
     for name in ("instruction", "response", "continuation", "translation", "utt2lang"):
         for key, lineno in first_line.get(name, {}).items():
             if not values[name][key].strip():
@@ -303,7 +318,8 @@ def validate_data_dir(
                 errors.add(d / "spk2utt", lineno, f"speaker '{spk}' has no utterance in utt2spk",
                            f"utils/utt2spk_to_spk2utt.sh {d}/utt2spk > {d}/spk2utt")
             elif got[spk].split() != expected[spk].split():
-                errors.add(d / "spk2utt", lineno, f"utterances of speaker '{spk}' differ from utt2spk",
+                errors.add(d / "spk2utt", lineno, f"speaker '{spk}' lists '{_short(got[spk])}' but utt2spk gives "
+                           f"'{_short(expected[spk])}'",
                            f"utils/utt2spk_to_spk2utt.sh {d}/utt2spk > {d}/spk2utt")
         for spk in sort_keys(set(expected) - set(got)):
             errors.add(d / "spk2utt", 0, f"speaker '{spk}' of utt2spk is missing",

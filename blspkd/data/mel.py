@@ -8,11 +8,11 @@ For a 16 kHz signal x of L samples (hop 160, n_fft 400, periodic Hann window w, 
     Y[m, t]  = (max(E[m, t], max_{m', t'} E[m', t'] - 8) + 4) / 4
 
 so T = L // 160 frames (100 per second). This is what ``WhisperFeatureExtractor.__call__(x, sampling_rate=16000,
-padding="do_not_pad")`` returns (for L up to 30 s). The extractor's default call pads x with zeros to 30 s first: then the
-frames whose window reaches past the end of x change (zeros instead of reflected samples) and the clamp maximum is taken
-over the padded array (the zeros only add E = -10 frames, so the maximum is the same in practice); every frame whose
-400-sample window lies inside x is identical. We never pad (the encoder runs on the real length, see method.md), so we
-match the unpadded call exactly. Output is returned as (T, n_mels) float32, the Kaldi feature layout.
+padding="do_not_pad")`` returns (for L up to 30 s). The extractor's default call pads x with zeros to 30 s first: then
+the frames whose window reaches past the end of x change (zeros instead of reflected samples) and the clamp maximum is
+taken over the padded array (the zeros only add E = -10 frames, so the maximum is the same in practice); every frame
+whose 400-sample window lies inside x is identical. We never pad (the encoder runs on the real length, see method.md),
+so we match the unpadded call exactly. Output is returned as (T, n_mels) float32, the Kaldi feature layout.
 """
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class WhisperLogMel:
         path = Path(model_dir)
         if not (path / "preprocessor_config.json").is_file():
             raise FileNotFoundError(
-                f"{path}/preprocessor_config.json not found: --feature_extractor must be a Whisper model dir saved with "
-                "save_pretrained (e.g. the output of python -m blspkd.bin.prepare_pretrained)"
+                f"{path}/preprocessor_config.json not found: --feature_extractor must be a Whisper model dir saved "
+                "with save_pretrained (e.g. the output of python -m blspkd.bin.prepare_pretrained)"
             )
         fe = WhisperFeatureExtractor.from_pretrained(str(path), local_files_only=True)
         return cls(fe.mel_filters, fe.sampling_rate, fe.n_fft, fe.hop_length, fe.dither, fe.chunk_length)
