@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from blspkd.data.kaldi_dir import read_kv, write_kv
+from blspkd.data.prompts import ChatFraming
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class TeacherConfig:
     llm: str = ""
     task: str = "continuation"  # continuation | response | tokens (utt2num_tokens only)
     instruction: str = "Continue the following text in a coherent style: "
+    # Chat framing: must match the model config (BlspKdConfig.system_prompt / instruction_separator) of stages 4-5.
+    system_prompt: str | None = None
+    separator: str = "\n"
     max_new_tokens: int = 48
     batch_size: int = 16
     num_shards: int = 1
@@ -56,10 +60,9 @@ class TeacherConfig:
 
 
 def count_tokens(tokenizer, texts: dict[str, str]) -> dict[str, int]:
-    """LLM tokens per transcript, tokenized on its own without special tokens (the CIF target N)."""
-    keys = list(texts)
-    ids = tokenizer([texts[k] for k in keys], add_special_tokens=False)["input_ids"]
-    return {k: len(i) for k, i in zip(keys, ids)}
+    """LLM tokens per transcript, exactly as the collator tokenizes it (the CIF target N)."""
+    framing = ChatFraming(tokenizer)
+    return {k: len(framing.transcript_ids(t)) for k, t in texts.items()}
 
 
 def write_utt2num_tokens(dump_dir: str | Path, tokenizer) -> dict[str, int]:
@@ -83,11 +86,10 @@ def shard_keys(keys: list[str], shard: int, num_shards: int) -> list[str]:
     return keys[(shard - 1) * n // num_shards : shard * n // num_shards]
 
 
-def prompt_text(tokenizer, user_message: str) -> str:
-    """The chat-template prompt for one user turn, ending with the assistant header."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=False
-    )
+def prompt_ids(framing: ChatFraming, instruction: str | None, text: str) -> list[int]:
+    """The teacher's prompt, laid out exactly as the training sequences are (blspkd/data/collate.py):
+    ``[prefix with instruction | transcript | suffix]``, so response-KL later compares against this very context."""
+    return framing.prefix_ids(instruction) + framing.transcript_ids(text) + framing.suffix_ids
 
 
 def one_line(text: str) -> str:
@@ -103,28 +105,32 @@ class RefusalFilter:
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[list[str], int]:
-    """Greedy continuations of a batch of prompts (left-padded); returns the texts and the number of new tokens."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
+    """Greedy continuations of a batch of token-id prompts (left-padded); returns the texts and the new-token count."""
+    pad = tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    eos = _eos_ids(model, tokenizer)
     out = model.generate(
-        **enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        num_beams=1, top_p=None, top_k=None, temperature=None,
+        input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+        pad_token_id=pad, eos_token_id=eos, top_p=None, top_k=None, temperature=None,
     )
-    new = out[:, enc["input_ids"].shape[1]:]
-    eos = set(_eos_ids(model, tokenizer))
+    new = out[:, width:]
     n_tokens = 0
     for row in new.tolist():
         for t in row:
-            if t in eos or t == tokenizer.pad_token_id:
+            if t in eos:
                 break
             n_tokens += 1
     return [one_line(t) for t in tokenizer.batch_decode(new, skip_special_tokens=True)], n_tokens
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
+    """Tokens that end the teacher's turn: the chat template's end-of-turn marker and the model's EOS ids."""
     eos = model.generation_config.eos_token_id
-    ids = eos if isinstance(eos, list) else [eos]
-    return [i for i in ids + [tokenizer.eos_token_id] if i is not None]
+    ids = ChatFraming(tokenizer).end_of_turn_ids[:1] + (eos if isinstance(eos, list) else [eos])
+    return list(dict.fromkeys(i for i in ids + [tokenizer.eos_token_id] if i is not None))
 
 
 def load_llm(path: str, device: str):
@@ -174,12 +180,13 @@ def _append(path: Path, lines: list[tuple[str, str]]) -> None:
         os.fsync(f.fileno())
 
 
-def user_messages(cfg: TeacherConfig, dump_dir: Path, keys: list[str]) -> dict[str, str]:
+def teacher_prompts(cfg: TeacherConfig, framing: ChatFraming, dump_dir: Path, keys: list[str]) -> dict[str, list]:
+    """Prompt ids per key: the continuation instruction, or (task response) the utterance's own ``instruction``."""
     text = read_kv(dump_dir / "text")
     if cfg.task == "continuation":
-        return {k: f"{cfg.instruction}{text[k]}" for k in keys}
+        return {k: prompt_ids(framing, cfg.instruction, text[k]) for k in keys}
     extra = read_kv(dump_dir / "instruction") if (dump_dir / "instruction").is_file() else {}
-    return {k: f"{extra[k]}\n\n{text[k]}" if k in extra else text[k] for k in keys}
+    return {k: prompt_ids(framing, extra.get(k), text[k]) for k in keys}
 
 
 def run_shard(cfg: TeacherConfig) -> dict[str, float]:
@@ -199,16 +206,15 @@ def run_shard(cfg: TeacherConfig) -> dict[str, float]:
     stats = {"utterances": 0, "new_tokens": 0, "refused": 0, "seconds": 0.0}
     if todo:
         model, tokenizer = load_llm(cfg.llm, cfg.device)
-        messages = user_messages(cfg, dump_dir, todo)
+        prompts = teacher_prompts(cfg, ChatFraming(tokenizer, cfg.system_prompt, cfg.separator), dump_dir, todo)
         refusal = RefusalFilter(cfg.refusal_patterns)
         # Similar prompt lengths in a batch waste less padding.
-        todo.sort(key=lambda k: len(messages[k]))
+        todo.sort(key=lambda k: len(prompts[k]))
         t0 = time.time()
         for i in tqdm(range(0, len(todo), cfg.batch_size), desc=f"teacher {cfg.task} shard {cfg.shard}",
                       disable=None):
             batch = todo[i : i + cfg.batch_size]
-            texts, n_new = generate_greedy(model, tokenizer, [prompt_text(tokenizer, messages[k]) for k in batch],
-                                           cfg.max_new_tokens)
+            texts, n_new = generate_greedy(model, tokenizer, [prompts[k] for k in batch], cfg.max_new_tokens)
             good = [(k, t) for k, t in zip(batch, texts) if not refusal(t)]
             bad = [(k, t or "<empty>") for k, t in zip(batch, texts) if refusal(t)]
             # Refusals first: a kill between the two writes then regenerates the good ones rather than losing them.

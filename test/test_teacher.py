@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from blspkd.data.kaldi_dir import read_kv, write_kv
-from blspkd.teacher import RefusalFilter, TeacherConfig, merge, prompt_text, run_shard, shard_keys, write_utt2num_tokens
+from blspkd.data.prompts import ChatFraming
+from blspkd.teacher import RefusalFilter, TeacherConfig, merge, prompt_ids, run_shard, shard_keys, write_utt2num_tokens
 
 TEXTS = {
     "utt1": "the quick brown fox jumps over the lazy dog",
@@ -28,16 +29,17 @@ def dump_dir(tmp_path):
     return d
 
 
-def reference_continuation(llm_dir, message: str, max_new: int) -> str:
+def reference_continuation(llm_dir, instruction: str, text: str, max_new: int) -> str:
     """Plain greedy loop, one prompt, no padding and no cache: the independent reference for batched generation."""
     tok = AutoTokenizer.from_pretrained(llm_dir)
     model = AutoModelForCausalLM.from_pretrained(llm_dir).eval()
-    ids = tok(prompt_text(tok, message), add_special_tokens=False)["input_ids"]
+    ids = prompt_ids(ChatFraming(tok), instruction, text)
+    eot = ChatFraming(tok).end_of_turn_ids[0]
     new = []
     with torch.no_grad():
         for _ in range(max_new):
             nxt = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
-            if nxt in (tok.eos_token_id, model.generation_config.eos_token_id, tok.pad_token_id):
+            if nxt in (tok.eos_token_id, model.generation_config.eos_token_id, eot):
                 break
             new.append(nxt)
     return " ".join(tok.decode(new, skip_special_tokens=True).split())
@@ -48,6 +50,8 @@ def test_utt2num_tokens_counts_transcript_tokens_without_specials(dump_dir, tiny
     write_utt2num_tokens(dump_dir, tok)
     got = {k: int(v) for k, v in read_kv(dump_dir / "utt2num_tokens").items()}
     assert got == {k: len(tok.encode(t, add_special_tokens=False)) for k, t in TEXTS.items()}
+    # the same count the collator gives the model (its transcript_mask), so CIF's N and utt2num_tokens agree
+    assert got["utt1"] == len(ChatFraming(tok).transcript_ids(TEXTS["utt1"]))
 
 
 def test_shard_keys_partition_sorted_keys():
@@ -68,7 +72,7 @@ def test_sharded_continuations_equal_one_at_a_time_greedy(dump_dir, tiny_llm_dir
     with caplog.at_level(logging.INFO):
         merged = merge(cfg)
     assert read_kv(dump_dir / "continuation") == merged
-    expected = {k: reference_continuation(tiny_llm_dir, cfg.instruction + t, 6) for k, t in TEXTS.items()}
+    expected = {k: reference_continuation(tiny_llm_dir, cfg.instruction, t, 6) for k, t in TEXTS.items()}
     assert merged == {k: v for k, v in expected.items() if v}
     assert len(merged) >= 3  # the tiny random model rarely stops at once: the comparison is not vacuous
     assert "new tokens/s" in caplog.text
