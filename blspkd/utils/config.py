@@ -89,6 +89,11 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
             raise bad
         kt, vt = args if args else (Any, Any)
         return {_check_type(k, kt, key, where): _check_type(v, vt, f"{key}.{k}", where) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type) and not isinstance(value, tp):
+        # A dataclass inside a list/dict (e.g. data.train: [{path: ..., weight: ...}]) is built strictly from its dict.
+        if not isinstance(value, dict):
+            raise bad
+        return update_from_dict(tp(), value, f"{where}: {key}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):
