@@ -144,14 +144,16 @@ def join_command(words: list[str]) -> str:
     return " ".join(w if re.match(r"^[^\s'\"]+$", w) else shlex.quote(w) for w in words)
 
 
-def job_body(command: str, log: str, num_threads: int | None) -> str:
+def job_body(command: str, log: str, num_threads: int | None, shown_command: str | None = None) -> str:
     """Bash code that runs one job with stdout+stderr into ``log``, framed by the Kaldi-style header and footer.
+
+    ``shown_command`` is what the header shows when ``command`` wraps the user's command (e.g. in srun).
 
     The footer is written even when the job is killed with SIGTERM (Ctrl-C in the local backend, scancel in Slurm):
     a trap (not an ignore, which children would inherit) lets bash wait for the job and then record its status.
     """
     threads = num_threads or 1
-    header = "\n".join("# " + line for line in command.splitlines() or [""])
+    header = "\n".join("# " + line for line in (shown_command or command).splitlines() or [""])
     lines = [
         f"log={shlex.quote(log)}",
         'mkdir -p "$(dirname "$log")"',
