@@ -77,3 +77,8 @@ class BlspKdConfig(PretrainedConfig):
         self.instruction_separator = instruction_separator
         self.llm_dtype = llm_dtype
         super().__init__(**kwargs)
+
+    def _get_generation_parameters(self) -> dict:
+        # transformers refuses to save a config holding generation-like names; our ``temperature`` is the KD
+        # temperature, not a sampling one, and this config never drives ``generate`` directly.
+        return {}

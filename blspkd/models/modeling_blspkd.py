@@ -176,10 +176,21 @@ class BlspKdModel(nn.Module):
         hidden, mask = self.speech_encoder(feats, feats_lengths)
         return self.adapter(hidden, mask, num_tokens)
 
-    def _rows_hidden(self, embeds, attention_mask, position_ids, rows: list[torch.Tensor]) -> list[torch.Tensor]:
-        hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state
+    @staticmethod
+    def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+        """Positions follow the attention mask, so any padding layout gives the positions of the unpadded sequence."""
+        return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+    def _rows_hidden(self, embeds, attention_mask, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask,
+                               position_ids=self.position_ids(attention_mask), use_cache=False).last_hidden_state
         return [hidden[r] for r in rows]
+
+    def teacher_hidden(self, input_ids, attention_mask, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The original LLM reading the text (no gradient, PLoRA off): final hidden states of the selected rows
+        (each a (B, L) bool mask), in row-major order. ``lm_head`` of them gives the teacher logits."""
+        with self._teacher_context():
+            return self._rows_hidden(self.llm.get_input_embeddings()(input_ids), attention_mask, rows)
 
     def forward(
         self,
@@ -214,8 +225,6 @@ class BlspKdModel(nn.Module):
 
     def _llm_losses(self, speech, input_ids, attention_mask, transcript_mask, response_mask, stats) -> dict:
         weights = self.config.losses
-        # position ids follow the attention mask, so any padding layout gives the positions of an unpadded sequence
-        position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         # row i predicts token i+1: response rows are the positions just before each response token
         response_rows = torch.zeros_like(response_mask)
         response_rows[:, :-1] = response_mask[:, 1:]
@@ -225,14 +234,12 @@ class BlspKdModel(nn.Module):
         lm_head = self.lm_head
         out = {}
         with self._plora(transcript_mask):
-            s_in, s_resp = self._rows_hidden(student_embeds, attention_mask, position_ids,
-                                             [transcript_mask, response_rows])
+            s_in, s_resp = self._rows_hidden(student_embeds, attention_mask, [transcript_mask, response_rows])
         need_teacher = "input_kl" in weights or "response_kl" in weights
         s_in_logits = lm_head(s_in)
         if need_teacher:
-            with self._teacher_context():
-                t_in, t_resp = self._rows_hidden(text_embeds, attention_mask, position_ids,
-                                                 [transcript_mask, response_rows])
+            t_in, t_resp = self.teacher_hidden(input_ids, attention_mask, [transcript_mask, response_rows])
+            with torch.no_grad():
                 t_in_logits = lm_head(t_in)
             stats["agreement"] = float((t_in_logits.argmax(-1) == s_in_logits.argmax(-1)).float().mean())
             if "input_kl" in weights:
@@ -256,11 +263,15 @@ class BlspKdModel(nn.Module):
     # ---- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, feats_lengths: torch.Tensor, instructions: list[str | None] | None = None,
-                 **generate_kwargs) -> list[str]:
+                 return_details: bool = False, **generate_kwargs) -> list[str] | dict:
         """Speech (+ optional instruction per utterance) -> text. CIF predicts each utterance's speech-token count;
         prompts are left-padded and run through transformers' ``generate`` with ``inputs_embeds`` and a KV cache;
         PLoRA applies to the speech positions of the prompt only. ``generate_kwargs`` go to ``generate``
-        (``max_new_tokens`` defaults to 128; greedy unless ``num_beams``/``do_sample`` say otherwise)."""
+        (``max_new_tokens`` defaults to 128; greedy unless ``num_beams``/``do_sample`` say otherwise; a ``streamer``
+        receives the new tokens as they come).
+        ``return_details=True`` (used by blspkd/decode.py for its per-utterance records and speed figures) returns
+        ``{"texts", "num_speech_tokens", "num_generated_tokens"}`` (generated tokens up to and including the first
+        end-of-turn/EOS token) instead of the list of texts."""
         batch = self.build_generation_inputs(feats, feats_lengths, instructions)
         tok = self.tokenizer
         eos = list(dict.fromkeys([*self.framing.end_of_turn_ids[:1],
@@ -271,7 +282,14 @@ class BlspKdModel(nn.Module):
         with self._plora(batch["speech_mask"]):
             tokens = self.llm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                        **kwargs)
-        return [t.strip() for t in tok.batch_decode(tokens, skip_special_tokens=True)]
+        texts = [t.strip() for t in tok.batch_decode(tokens, skip_special_tokens=True)]
+        if not return_details:
+            return texts
+        is_end = torch.isin(tokens, torch.tensor(eos, device=tokens.device))
+        length = torch.full((tokens.shape[0],), tokens.shape[1], device=tokens.device)
+        first_end = torch.where(is_end.any(1), is_end.int().argmax(1) + 1, length)
+        return {"texts": texts, "num_speech_tokens": [int(n) for n in batch["num_tokens"]],
+                "num_generated_tokens": [int(n) for n in first_end]}
 
     def build_generation_inputs(self, feats, feats_lengths, instructions=None) -> dict[str, torch.Tensor]:
         """Left-padded prompt embeddings ``[prefix | instruction | speech | suffix]`` with the attention and speech
