@@ -1,0 +1,206 @@
+"""egs/librispeech: stage 1 (and 2) on a fake corpus in the real LibriSpeech layout, bad corpora, and the configs."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures.fake_corpora import MAIN_ROOT, recipe_sandbox
+
+from blspkd.data.kaldi_dir import read_kv, validate_data_dir
+
+RECIPE = MAIN_ROOT / "egs" / "librispeech"
+SETS = {"train-clean-100": "train_clean_100", "dev-clean": "dev_clean", "dev-other": "dev_other",
+        "test-clean": "test_clean", "test-other": "test_other"}
+STAGE_OPTS = ["--train_set", "train", "--valid_set", "dev_clean", "--test_sets", "dev_other test_clean test_other"]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIBRISPEECH": ""}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def expected_text(upper: str) -> str:
+    """Sentence case written independently of the recipe: first letter and the word 'i' (also in i'm) upper case."""
+    words = []
+    for w in upper.lower().split():
+        head, sep, tail = w.partition("'")
+        words.append(("I" if head == "i" else head) + sep + tail)
+    s = " ".join(words)
+    return s[0].upper() + s[1:]
+
+
+@pytest.fixture(scope="module")
+def stage1(fake_librispeech, tmp_path_factory) -> Path:
+    recipe = recipe_sandbox(tmp_path_factory.mktemp("ls_recipe"), "librispeech")
+    opts = f"--librispeech_dir {fake_librispeech.root} --train_sets train-clean-100"
+    run(["./run.sh", "--stage", "1", "--stop_stage", "1", *STAGE_OPTS, "--local_data_opts", opts], recipe)
+    return recipe
+
+
+def test_stage1_data_dirs_match_the_corpus(stage1, fake_librispeech):
+    data = stage1 / "data"
+    for subset, name in SETS.items():
+        d = data / name
+        assert validate_data_dir(d) == []
+        truth = fake_librispeech.transcripts[subset]
+        text = read_kv(d / "text")
+        assert list(text) == sorted(truth)  # LibriSpeech ids unchanged, byte order
+        assert text == {utt: expected_text(t) for utt, t in truth.items()}
+        utt2spk = read_kv(d / "utt2spk")
+        assert utt2spk == {utt: utt.split("-")[0] for utt in truth}
+        wav = read_kv(d / "wav.scp")
+        for utt, path in wav.items():
+            spk, chapter, _ = utt.split("-")
+            assert Path(path) == fake_librispeech.root / subset / spk / chapter / f"{utt}.flac"
+            assert Path(path).is_absolute()
+    # data/train is the union of --train_sets (one subset here).
+    assert read_kv(data / "train" / "text") == read_kv(data / "train_clean_100" / "text")
+    # Only the requested training subset was prepared.
+    assert not (data / "train_clean_360").exists()
+
+
+def test_stage1_normalisation_examples(stage1):
+    text = read_kv(stage1 / "data" / "train_clean_100" / "text")
+    assert text["19-1000-0000"] == "He hoped there would be stew for dinner turnips and carrots"
+    assert text["19-1000-0001"] == "I'm not sure that I can tell you what they said"
+
+
+def test_stage1_speaker_sort_order(stage1):
+    # 19-... sorts before 198-... in byte order ('-' < '8'); spk2utt follows utt2spk.
+    spk2utt = read_kv(stage1 / "data" / "train_clean_100" / "spk2utt")
+    assert list(spk2utt) == ["19", "198"]
+    assert spk2utt["19"] == "19-1000-0000 19-1000-0001"
+
+
+def test_stage1_rerun_is_skipped(stage1, fake_librispeech):
+    opts = f"--librispeech_dir {fake_librispeech.root} --train_sets train-clean-100"
+    proc = run(["./run.sh", "--stage", "1", "--stop_stage", "1", *STAGE_OPTS, "--local_data_opts", opts], stage1)
+    assert "already prepared with the same options" in proc.stdout + proc.stderr
+
+
+def test_data_sh_without_corpus_location(tmp_path):
+    recipe = recipe_sandbox(tmp_path, "librispeech")
+    proc = run(["local/data.sh"], recipe, check=False)
+    assert proc.returncode == 1
+    assert "pass --librispeech_dir /path/to/LibriSpeech" in proc.stderr
+
+
+def test_missing_subset_names_the_path_and_the_fix(tmp_path, fake_librispeech):
+    recipe = recipe_sandbox(tmp_path, "librispeech")
+    proc = run(["local/data.sh", "--librispeech_dir", str(fake_librispeech.root), "--train_sets", "train-clean-360"],
+               recipe, check=False)
+    assert proc.returncode == 1
+    missing = fake_librispeech.root / "train-clean-360"
+    assert f"LibriSpeech subset 'train-clean-360' not found: neither {missing}" in proc.stderr
+    assert "Download train-clean-360.tar.gz from https://www.openslr.org/12" in proc.stderr
+
+
+def corrupt_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def prepare(librispeech_dir: Path, out: Path, subset: str = "dev-clean") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RECIPE / "local" / "prepare_librispeech.py"), "--librispeech_dir",
+                           str(librispeech_dir), "--out_dir", str(out), "--subsets", subset],
+                          capture_output=True, text=True)
+
+
+def test_missing_flac_is_an_error_naming_the_line(tmp_path, fake_librispeech):
+    root = corrupt_copy(fake_librispeech.root, tmp_path / "LibriSpeech")
+    (root / "dev-clean" / "84" / "1037" / "84-1037-0001.flac").unlink()
+    proc = prepare(root, tmp_path / "data")
+    assert proc.returncode == 1
+    trans = root / "dev-clean" / "84" / "1037" / "84-1037.trans.txt"
+    assert f"{trans}:2: audio {trans.parent / '84-1037-0001.flac'} is missing" in proc.stderr
+    assert not (tmp_path / "data" / "dev_clean").exists()
+
+
+def test_bad_transcript_lines(tmp_path, fake_librispeech):
+    root = corrupt_copy(fake_librispeech.root, tmp_path / "LibriSpeech")
+    trans = root / "dev-clean" / "84" / "1037" / "84-1037.trans.txt"
+    lines = trans.read_text().splitlines()
+    trans.write_text(lines[0] + "\n" + "84-1037-0001\n")
+    proc = prepare(root, tmp_path / "data")
+    assert f"{trans}:2: empty transcript for 84-1037-0001" in proc.stderr
+    trans.write_text(lines[0] + "\n" + lines[0] + "\n")
+    proc = prepare(root, tmp_path / "data")
+    assert f"{trans}:2: duplicate utterance id 84-1037-0000 (first seen at {trans}:1)" in proc.stderr
+    trans.write_text(lines[0] + "\n" + lines[1].replace("84-1037", "85-1037") + "\n")
+    proc = prepare(root, tmp_path / "data")
+    assert f"{trans}:2: utterance id '85-1037-0001' should look like 84-1037-NNNN" in proc.stderr
+
+
+def test_flac_without_transcript_is_skipped_with_a_count(tmp_path, fake_librispeech):
+    root = corrupt_copy(fake_librispeech.root, tmp_path / "LibriSpeech")
+    chapter = root / "dev-clean" / "84" / "1037"
+    shutil.copy(chapter / "84-1037-0000.flac", chapter / "84-1037-0002.flac")
+    proc = prepare(root, tmp_path / "data")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 flac files that have no transcript line" in proc.stderr
+    assert len(read_kv(tmp_path / "data" / "dev_clean" / "text")) == 4
+
+
+@pytest.mark.slow
+def test_stage2_features_of_every_set(stage1, tiny_whisper_dir):
+    run(["./run.sh", "--stage", "2", "--stop_stage", "2", *STAGE_OPTS, "--speech_encoder", str(tiny_whisper_dir),
+         "--nj", "2"], stage1)
+    from blspkd.data.feats_io import load_scp
+
+    for name in ["train", "dev_clean", "dev_other", "test_clean", "test_other"]:
+        dump = stage1 / "dump" / name
+        assert (dump / ".complete").is_file()
+        feats = load_scp(dump / "feats.scp")
+        assert sorted(feats) == sorted(read_kv(stage1 / "data" / name / "text"))
+        frames = read_kv(dump / "utt2num_frames")
+        for key in feats:
+            mat = feats[key]
+            assert mat.shape == (int(frames[key]), 80)
+            assert 50 < mat.shape[0] < 1500  # 0.5-15 s of espeak speech at 100 frames/s, not padded to 30 s
+        assert read_kv(dump / "text") == read_kv(stage1 / "data" / name / "text")
+
+
+CONFIGS = ["pretrain", "pretrain_1gpu24gb", "finetune", "finetune_1gpu24gb"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_training_configs_load_and_build_a_model_config(name):
+    from blspkd.models import BlspKdConfig
+    from blspkd.models.plora import make_plora_config
+    from blspkd.train.config import TrainConfig
+    from blspkd.utils.config import from_yaml_file
+
+    cfg = from_yaml_file(TrainConfig, RECIPE / "conf" / f"{name}.yaml")
+    model = BlspKdConfig(**cfg.model)  # unknown model keys raise
+    gpus = 1 if "1gpu" in name else 8
+    per_gpu = cfg.data.max_batch_size
+    assert cfg.data.batch_bins >= per_gpu * 3000  # the frame budget never cuts a batch below max_batch_size
+    effective = per_gpu * cfg.optim.grad_accum * gpus
+    assert cfg.precision == "bf16"
+    if name.startswith("pretrain"):
+        assert effective == 768
+        assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.num_epochs) == (1e-4, 0.05, 1)
+        assert set(model.losses) == {"input_kl", "response_kl", "cif"}
+        assert model.plora is None
+    else:
+        assert effective == 128
+        assert (cfg.optim.lr, cfg.num_epochs) == (2e-5, 3)
+        lora = make_plora_config(model.plora)
+        assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj"}
+        assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (16, 16, 0.05)
+
+
+def test_train_cli_print_config():
+    proc = subprocess.run([sys.executable, "-m", "blspkd.bin.train", "--config", "conf/pretrain.yaml",
+                           "--print_config"], cwd=RECIPE, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "llm: downloads/Qwen2.5-7B-Instruct" in proc.stdout
+    assert "grad_accum: 4" in proc.stdout
