@@ -236,6 +236,14 @@ def test_extract_shards_merge_and_resume(tmp_path, speech_data_dir, fe80_dir, ca
     # a changed setting recomputes the shard instead of reusing it
     _extract(data, out, fe80_dir, 2, 1, "--min_duration", 0.1)
     assert any("settings or outputs changed" in m for m in _log_lines(capsys))
+    # ... and so does other audio for the shard's utterances under the same settings
+    wav = read_kv(data / "wav.scp")
+    first = sorted(wav)[0]
+    write_kv(data / "wav.scp", {**wav, first: f"cat {wav[first]} |"})
+    _extract(data, out, fe80_dir, 2, 1, "--min_duration", 0.1)
+    assert any("settings or outputs changed" in m for m in _log_lines(capsys))
+    _extract(data, out, fe80_dir, 2, 1, "--min_duration", 0.1)
+    assert any(m.startswith("shard 1/2 already done") for m in _log_lines(capsys))
 
 
 def test_merge_with_a_missing_shard_says_what_to_run(tmp_path, speech_data_dir, fe80_dir):

@@ -6,6 +6,7 @@ those utterances use, speaker files to their speakers, ``spk2utt`` regenerated f
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import shutil
@@ -292,7 +293,9 @@ def _balanced_groups(blocks: list[list[str]], n: int) -> list[list[str]]:
     for j in range(1, n):
         lo, hi = cuts[-1] + 1, len(blocks) - (n - j)  # leave at least one block for every later group
         target = total * j / n
-        cuts.append(min(range(lo, hi + 1), key=lambda i: (abs(cum[i] - target), i)))
+        i = bisect.bisect_left(cum, target)  # cum is increasing: the nearest cut is at i-1 or i (clamped)
+        near = {min(max(k, lo), hi) for k in (i - 1, i)}
+        cuts.append(min(near, key=lambda k: (abs(cum[k] - target), k)))
     cuts.append(len(blocks))
     return [[u for b in blocks[cuts[j]:cuts[j + 1]] for u in b] for j in range(n)]
 

@@ -9,6 +9,7 @@ utterances, validates the result and writes ``<out>/.complete``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -50,6 +51,18 @@ def _duration_filter(seconds: float, num_samples: int, mel: WhisperLogMel, min_s
     return ""
 
 
+def _inputs_digest(data_dir: str | Path, utts: list[str]) -> str:
+    """Hash of the shard's utterance ids and their audio locations (wav.scp / segments lines)."""
+    d = Path(data_dir)
+    wav = read_kv(d / "wav.scp")
+    segments = read_kv(d / "segments") if (d / "segments").is_file() else None
+    h = hashlib.sha1()
+    for utt in utts:
+        where = f"{segments[utt]} {wav[segments[utt].split()[0]]}" if segments else wav[utt]
+        h.update(f"{utt} {where}\n".encode())
+    return h.hexdigest()
+
+
 def extract_shard(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -76,6 +89,10 @@ def extract_shard(
         "n_mels": mel.n_mels, "num_shards": num_shards, "split_by": split_by,
         "min_duration": min_duration, "max_duration": max_duration,
     }
+    check_data_dir(data_dir)
+    utt2spk = read_kv(Path(data_dir) / "utt2spk")
+    utts = split_utterances(utt2spk, num_shards, by_speaker=split_by == "speaker")[shard - 1]
+    settings["shard_inputs_sha1"] = _inputs_digest(data_dir, utts)  # same settings but other audio: recompute
     paths = shard_paths(out_dir, shard)
     if paths["done"].is_file():
         previous = json.loads(paths["done"].read_text())
@@ -85,10 +102,7 @@ def extract_shard(
         logger.info("shard %d/%d: settings or outputs changed since %s; recomputing", shard, num_shards, paths["done"])
         paths["done"].unlink()
 
-    check_data_dir(data_dir)
     torch.set_num_threads(num_threads)
-    utt2spk = read_kv(Path(data_dir) / "utt2spk")
-    utts = split_utterances(utt2spk, num_shards, by_speaker=split_by == "speaker")[shard - 1]
     reader = AudioReader(data_dir, sample_rate=mel.sampling_rate, skip_bad=skip_bad_audio)
     frames: dict[str, int] = {}
     dropped: dict[str, str] = {}
