@@ -176,3 +176,43 @@ def test_ctrl_c_kills_the_running_jobs(tmp_path):
     for j in (1, 2):
         assert "# Ended (code 143)" in (tmp_path / f"log/s.{j}.log").read_text()
     assert not (tmp_path / "log/s.3.log").exists()
+
+
+def recipe_dir(tmp_path: Path) -> Path:
+    """A recipe directory as egs/<corpus>/ looks: cmd.sh, conf/ and a utils link."""
+    (tmp_path / "utils").symlink_to(REPO / "utils")
+    (tmp_path / "conf").mkdir()
+    for name in ("slurm.conf", "slurm_localhost.conf"):
+        (tmp_path / "conf" / name).write_text((REPO / "egs/TEMPLATE/conf" / name).read_text())
+    (tmp_path / "cmd.sh").write_text((REPO / "egs/TEMPLATE/cmd.sh").read_text())
+    return tmp_path
+
+
+def test_cmd_sh_selects_the_backend(tmp_path):
+    recipe_dir(tmp_path)
+    show = '. ./cmd.sh && echo "$train_cmd|$cuda_cmd|$decode_cmd"'
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLSPKD_")}
+    r = subprocess.run(["bash", "-c", show], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert r.stdout == "utils/run_local.py|utils/run_local.py|utils/run_local.py\n"
+    r = subprocess.run(["bash", "-c", show], cwd=tmp_path, env=dict(env, BLSPKD_CMD_BACKEND="slurm"),
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout == "|".join(["utils/run_slurm.py --config conf/slurm.conf"] * 3) + "\n"
+    r = subprocess.run(["bash", "-c", show], cwd=tmp_path, env=dict(env, BLSPKD_CMD_BACKEND="sge"),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr == "cmd.sh: unknown cmd_backend 'sge' (choose local or slurm)\n"
+
+
+def test_train_cmd_from_a_recipe_script(tmp_path):
+    recipe_dir(tmp_path)
+    script = "set -euo pipefail\n. ./cmd.sh\n${train_cmd} --num-threads 1 JOB=1:2 exp/log/x.JOB.log echo shard JOB\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLSPKD_")}
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "\nshard 2\n" in (tmp_path / "exp/log/x.2.log").read_text()
+
+
+def test_single_job_number_form(tmp_path):
+    r = run_local("JOB=3", "log/only.JOB.log", "echo", "JOB", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "\n3\n" in (tmp_path / "log/only.3.log").read_text()

@@ -185,3 +185,45 @@ def test_ctrl_c_cancels_the_array(slurm_cluster, tmp_path):
     assert slurm_cluster.squeue() == ""
     for j in (1, 2, 3):  # scancel's SIGTERM reached the job, whose footer records it
         assert "# Ended (code 143)" in (tmp_path / f"log/s.{j}.log").read_text()
+
+
+DDP_CHECK = """\
+import os
+import torch
+import torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+print(f"rank={dist.get_rank()} world={dist.get_world_size()} node={os.environ['NODE_RANK']} sum={t.item()}")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_one_torchrun_agent_per_node_forms_one_group(slurm_cluster, tmp_path):
+    """The contract the training stage relies on: plain `torchrun --nproc_per_node G` under --num_nodes N."""
+    (tmp_path / "ddp_check.py").write_text(DDP_CHECK)
+    r = run("--config", str(slurm_cluster.conf), "--num_nodes", "2", "--num_threads", "2", "log/ddp.log",
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "ddp_check.py",
+            cwd=tmp_path, env=slurm_cluster.env, timeout=300)
+    text = (tmp_path / "log/ddp.log").read_text()
+    assert r.returncode == 0, r.stderr + text
+    found = sorted(re.findall(r"^rank=(\d) world=4 node=(\d) sum=10.0$", text, re.M))
+    assert [rank for rank, _ in found] == ["0", "1", "2", "3"], text
+    assert sorted(node for _, node in found) == ["0", "0", "1", "1"]
+
+
+@pytest.mark.slurm
+def test_train_cmd_from_a_recipe_script_on_slurm(slurm_cluster, tmp_path):
+    (tmp_path / "utils").symlink_to(UTILS)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf/slurm_localhost.conf").write_text(slurm_cluster.conf.read_text())
+    (tmp_path / "cmd.sh").write_text((REPO / "egs/TEMPLATE/cmd.sh").read_text())
+    # path.sh is sourced by each task: the conf exports only PATH
+    (tmp_path / "path.sh").write_text("export FROM_PATH_SH=yes\n")
+    env = dict(slurm_cluster.env, BLSPKD_CMD_BACKEND="slurm", BLSPKD_SLURM_CONF="conf/slurm_localhost.conf")
+    script = "set -euo pipefail\n. ./cmd.sh\n${train_cmd} JOB=1:2 exp/log/x.JOB.log 'echo shard JOB $FROM_PATH_SH'\n"
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "\nshard 2 yes\n" in (tmp_path / "exp/log/x.2.log").read_text()

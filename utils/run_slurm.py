@@ -33,7 +33,7 @@ Multi-node (one process per node, e.g. one torchrun agent per node): --num_nodes
 (e.g. "option num_nodes=* --nodes $0 --ntasks-per-node 1"; on the one-host test cluster "--ntasks $0"). The task then
 runs `srun --export=ALL --ntasks=N --kill-on-bad-exit=1` so the command runs once per node, with these variables set:
     NNODES=N, NODE_RANK=$SLURM_PROCID, MASTER_ADDR=<first node>, MASTER_PORT=<20000 + job id % 20000>,
-    and torchrun's own environment defaults PET_NNODES, PET_NODE_RANK, PET_RDZV_BACKEND=c10d,
+    and torchrun's own environment defaults PET_NNODES, PET_RDZV_BACKEND=c10d,
     PET_RDZV_ENDPOINT=$MASTER_ADDR:$MASTER_PORT, PET_RDZV_ID=$SLURM_JOB_ID.
 So a training step is launched exactly like on one machine:
     ${cuda_cmd} --num_nodes 2 --gpu 8 exp/train/log/train.log torchrun --nproc_per_node 8 -m blspkd.bin.train ...
@@ -175,7 +175,8 @@ def queue_paths(req: JobRequest) -> tuple[Path, str]:
 
 def multinode_command(command: str, num_nodes: int) -> str:
     """Run ``command`` once per node through srun, with the rendezvous variables torchrun reads."""
-    per_node = 'export NODE_RANK=$SLURM_PROCID PET_NODE_RANK=$SLURM_PROCID\n' + command
+    # Not PET_NODE_RANK: torchrun warns that c10d ignores it (the rendezvous assigns node ranks).
+    per_node = "export NODE_RANK=$SLURM_PROCID\n" + command
     return (
         'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
         "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))\n"
