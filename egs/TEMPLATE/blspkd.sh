@@ -77,12 +77,12 @@ pretrain_config=""      # YAML of KD pretraining (stage 4)
 finetune_config=""      # YAML of instruction tuning (stage 5)
 pretrain_args=""        # overrides of pretrain_config keys, e.g. "--lr 2e-4 --max_steps 100"
 finetune_args=""        # overrides of finetune_config keys
-pretrain_tag=""         # experiment name of stage 4 (default: derived from the config file name)
-finetune_tag=""         # experiment name of stage 5 (default: derived from the config file name)
+pretrain_tag=""         # experiment name of stage 4 (empty: derived from the config file name)
+finetune_tag=""         # experiment name of stage 5 (empty: derived from the config file name)
 # Decoding, scoring, export (stages 6-8)
 decode_config=""        # YAML of decoding
 decode_args=""          # overrides of decode_config keys
-inference_tag=""        # name of the decode_<set> directories' suffix (default: derived from decode_config)
+inference_tag=""        # suffix of the decode_<set> directories (empty: derived from decode_config)
 score_args=""           # extra options for scoring
 export_args=""          # extra options for export
 # <<< options
@@ -90,7 +90,6 @@ export_args=""          # extra options for export
 # Prints the option block above with the values in effect (the script's defaults, or what run.sh passed before --help).
 print_help() {
     echo "Usage: $0 [options]   (run from a recipe directory; see the header of ${script_path##*/})"
-    echo
     sed -n '/^# >>> options$/,/^# <<< options$/p' "${script_path}" | sed '1d;$d' | while IFS= read -r line; do
         if [[ ${line} =~ ^#\ (.*)$ ]]; then
             printf '\n%s:\n' "${BASH_REMATCH[1]}"
@@ -100,7 +99,8 @@ print_help() {
         fi
     done
     echo
-    echo "Options accept --name value, --name=value, and '-' for '_' (--stop-stage 2)."
+    echo "Options accept --name value, --name=value, and '-' for '_' (--stop-stage 2); --config FILE reads"
+    echo "name=value lines first (the command line wins)."
 }
 
 # --help prints the effective values, so parse everything else first (run.sh puts its options before "$@").
@@ -163,19 +163,23 @@ stage_requested() {
 }
 
 # write_stage_script <file> <stage>: an executable script that re-runs exactly this stage with this invocation's options.
+# A run started by such a script (BLSPKD_RERUN set) leaves the scripts as they are, so extra options (--force true) given
+# to it are not baked in. Written to a temporary file and renamed: bash reads a running script as it goes.
 write_stage_script() {
     local file=$1 n=$2
+    [ -z "${BLSPKD_RERUN:-}" ] || return 0
     mkdir -p "$(dirname "${file}")"
     {
         echo "#!/usr/bin/env bash"
         echo "# Re-runs stage ${n} as run on $(date '+%Y-%m-%dT%H:%M:%S') on $(hostname); extra options are appended."
         echo "set -euo pipefail"
         printf 'cd %q\n' "$(pwd)"
-        printf './%q' "${script_path##*/}"
+        printf 'BLSPKD_RERUN=1 exec ./%q' "${script_path##*/}"
         printf ' %q' "${orig_args[@]+"${orig_args[@]}"}"
         printf ' --stage %d --stop_stage %d "$@"\n' "${n}" "${n}"
-    } > "${file}"
-    chmod +x "${file}"
+    } > "${file}.tmp"
+    chmod +x "${file}.tmp"
+    mv "${file}.tmp" "${file}"
 }
 
 # A marker holds the settings that produced the output: the output is reused only if they are unchanged.
@@ -286,7 +290,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
         python -m blspkd.bin.extract_feats --data_dir "${src}" --out_dir "${out}" --num_shards "${_nj}" --merge \
             2>&1 | tee "${out}/log/merge.log"
         utils/validate_data_dir.sh "${out}"
-        touch "${out}/.complete"
+        [ -f "${out}/.complete" ] || die "stage 2: extract_feats --merge did not write ${out}/.complete; see ${out}/log/merge.log"
         log "stage 2: ${out}: $(wc -l < "${out}/feats.scp") of ${num_utts} utterances kept, $((SECONDS - start)) s"
     done
     log "stage 2 done (${SECONDS} s elapsed)"

@@ -1,6 +1,6 @@
 # Sourced by run.sh/blspkd.sh and every job: the toolkit's Python and tools, offline hub, one thread per job.
-# Recipes link it (egs/<corpus>/path.sh -> ../TEMPLATE/path.sh), so MAIN_ROOT is two levels above the recipe.
-MAIN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# Recipes link it (egs/<corpus>/path.sh -> ../TEMPLATE/path.sh); the link is resolved, so MAIN_ROOT is the checkout.
+MAIN_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
 export MAIN_ROOT
 if [ ! -f "${MAIN_ROOT}/tools/venv/bin/activate" ]; then
     echo "path.sh: ${MAIN_ROOT}/tools/venv is not installed: run ${MAIN_ROOT}/tools/install.sh first" >&2

@@ -16,9 +16,10 @@ test_sets="test test_real"
 speech_encoder=downloads/whisper-tiny.en   # written by local/setup.sh (stage 0)
 llm=downloads/SmolLM2-135M-Instruct        # written by local/setup.sh (stage 0)
 
+ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 ./blspkd.sh \
-    --nj "$(nproc)" \
-    --inference_nj "$(nproc)" \
+    --nj "${ncores}" \
+    --inference_nj "${ncores}" \
     --train_set "${train_set}" \
     --valid_set "${valid_set}" \
     --test_sets "${test_sets}" \

@@ -18,7 +18,7 @@ num_train=2000
 num_dev=100
 num_test=100
 seed=0
-nj=$(nproc)
+nj=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # path.sh sets OMP_NUM_THREADS=1, which nproc obeys
 wav_dir=downloads/espeak_wav
 librivox_dir=/usr/share/pocketsphinx/test/data/librivox
 help_message=$(sed -n '2,10p' "$0")
@@ -31,8 +31,4 @@ python local/make_espeak_corpus.py --data_dir data --wav_dir "${wav_dir}" --num_
 
 log "preparing data/test_real from ${librivox_dir}"
 python local/prepare_librivox.py --src "${librivox_dir}" --data_dir data/test_real
-
-for dset in train dev test test_real; do
-    utils/validate_data_dir.sh --no-feats "data/${dset}"
-done
-log "done: data/{train,dev,test,test_real}"
+log "done: data/{train,dev,test,test_real} (blspkd.sh stage 1 validates them)"
