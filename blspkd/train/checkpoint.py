@@ -87,7 +87,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt file: say which and what to do rather than a deep traceback
         raise RuntimeError(
-            f"cannot read checkpoint {path}: {e}. Delete that directory to resume from the previous one."
+            f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "it is corrupt: delete that directory to resume from the previous one"
         ) from e
     logger.info("loaded checkpoint %s (step %d)", path, state["step"])
     return weights, state

@@ -139,7 +139,12 @@ class TrainingData:
         di, key, ti = example
         d = self.dirs[di]
         task = self.tasks[ti]
-        feats = np.asarray(d.feats[key], dtype=np.float32)
+        feats = np.array(d.feats[key], dtype=np.float32)  # a writable copy (kaldiio may hand out read-only views)
+        if not np.isfinite(feats).all():
+            raise ValueError(
+                f"{d.path / 'feats.scp'}: utterance {key} has non-finite feature values (NaN/inf); re-run stage 2 for "
+                "this dir or remove the utterance (utils/subset_data_dir.sh / fix_data_dir.sh)"
+            )
         item = {"key": key, "feats": feats, "text": d.text[key]}
         instruction = self.instructions[ti]
         if task.kind == "spoken_instruction" and instruction is None:

@@ -18,6 +18,7 @@ import difflib
 import logging
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -353,7 +354,9 @@ class Trainer:
             logger.warning("update %d skipped: non-finite loss or gradient (grad norm %s); %d update(s) skipped so far",
                            self.step + 1, norm, self.skipped_steps)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+            with warnings.catch_warnings():  # the schedule advances with the data even when no update is made
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                self.scheduler.step()
             sums["skipped"] += 1
             return
         self.optimizer.step()
