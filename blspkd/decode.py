@@ -1,0 +1,389 @@
+"""Decoding (recipe stage 6): a trained BLSP-KD model turns a dump dir's features into text, per task, in shards.
+
+For each utterance the adapter's CIF predicts the number of speech tokens, N_hat = max(1, round(sum_t alpha_t))
+(method.md 2.3), and the LLM generates from ``[prefix | instruction | N_hat speech tokens | suffix]`` with a KV cache,
+PLoRA on the speech positions of the prompt only (``BlspKdModel.generate``). Greedy or beam search; repetition
+controls are transformers' ``repetition_penalty`` and ``no_repeat_ngram_size``.
+
+Tasks (the instruction each utterance gets, and the per-utterance file that holds its reference):
+
+    transcription       "Repeat the following sentence exactly."               reference: text
+    continuation        "Continue the following text in a coherent style: "    reference: continuation (stage 3)
+    translation         "Translate the following speech into {language}."      reference: translation
+    instruction         ``instruction``, ``instruction_file``, or the dump dir's per-utterance ``instruction`` file
+                                                                               reference: response
+    spoken_instruction  the speech is the instruction (plus a per-utterance ``instruction`` if the dump dir has one)
+                                                                               reference: response
+    plain               no instruction (the model's default_instruction)       reference: text
+
+The default instructions are the training tasks' (blspkd/train/dataset.py), so a model is asked what it was taught.
+``instruction`` overrides them for every task.
+
+Sharding: ``shard`` J of ``num_shards`` decodes a contiguous block of the sorted keys (as stage 3 does) into
+``<out_dir>/shards/hyp.J.jsonl`` and ``done.J`` (the settings and timing); a shard already done with the same settings
+and model is skipped. ``merge`` checks that every shard is done with the same settings and writes, in key order:
+
+    hyp.txt              ``<key> <hypothesis>`` (Kaldi style, one line each)
+    hyp.jsonl            key, instruction, hypothesis, reference, num_speech_tokens (CIF-predicted),
+                         num_transcript_tokens, num_generated_tokens
+    ref.txt              the task's references, for the utterances that have one (what stage 7 scores against)
+    decode_config.yaml   the exact settings, the model dir, sha256 of its config.json and weights, package versions
+    decode_stats.json    real-time factor and generated tokens/s (also logged)
+    .complete            written last
+
+An utterance is decoded alone or in any batch with the same result up to floating-point noise: the encoder masks
+padding and the prompts are left-padded with positions following the attention mask.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm import tqdm
+
+from blspkd.data.kaldi_dir import read_kv, write_kv
+from blspkd.teacher import one_line, shard_keys
+from blspkd.train.config import TaskConfig
+from blspkd.train.dataset import DumpDir, task_instruction
+from blspkd.utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class DecodeError(RuntimeError):
+    """Decoding cannot go on for a reason the user can fix (the message says which file and what to do)."""
+
+
+TASKS = ("transcription", "continuation", "translation", "instruction", "spoken_instruction", "plain")
+REFERENCE_FILE = {
+    "transcription": "text",
+    "plain": "text",
+    "continuation": "continuation",
+    "translation": "translation",
+    "instruction": "response",
+    "spoken_instruction": "response",
+}
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+@dataclass
+class DecodeConfig:
+    # A model directory (BlspKdModel.save_pretrained output, an export), or an experiment dir holding model/.
+    model_dir: str = ""
+    # A complete stage-2 dump dir (feats.scp, text, utt2num_frames; optional continuation/translation/... files).
+    dump_dir: str = ""
+    # Where hyp.txt, hyp.jsonl, ... go (the recipe uses exp/<tag>/decode_<set>).
+    out_dir: str = ""
+    task: Literal["transcription", "continuation", "translation", "instruction", "spoken_instruction",
+                  "plain"] = "transcription"
+    # Replaces the task's default instruction (any task).
+    instruction: str | None = None
+    # A text file whose whole content is the instruction (task instruction).
+    instruction_file: str | None = None
+    # Target language named in the translation instruction, e.g. German.
+    language: str | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 128
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_shards: int = 1
+    shard: int = 1
+    # Merge the shards' outputs (no model is loaded). With num_shards 1, decoding merges by itself.
+    merge: bool = False
+    log_level: str = "INFO"
+
+
+# ---- model -----------------------------------------------------------------------------------------------------------
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory (config.json + model.safetensors), or an experiment dir whose final model is in ``model/``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    for candidate in (path, path / "model"):
+        if all((candidate / name).is_file() for name in MODEL_FILES):
+            return candidate
+    hint = (" (training has checkpoints but has not finished: run the training stage to the end)"
+            if (path / "checkpoints").is_dir() else "")
+    raise FileNotFoundError(
+        f"{path} is not a BLSP-KD model: neither {path}/{{config.json,model.safetensors}} nor "
+        f"{path}/model/{{config.json,model.safetensors}} exist{hint}. Give an exp dir after training, its model/ "
+        "subdirectory, or an exported directory"
+    )
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def load_model(model_dir: str | Path, device: str = "auto"):
+    """The model of ``model_dir`` (see ``resolve_model_dir``) in eval mode on ``device``."""
+    from blspkd.models import BlspKdModel
+
+    path = resolve_model_dir(model_dir)
+    t0 = time.time()
+    model = BlspKdModel.from_pretrained(str(path)).eval().to(pick_device(device))
+    logger.info("loaded model %s in %.1f s (device %s)", path, time.time() - t0, next(model.parameters()).device)
+    return model
+
+
+def generation_kwargs(cfg) -> dict:
+    """transformers ``generate`` arguments of a DecodeConfig (or anything with the same fields)."""
+    if cfg.num_beams < 1 or cfg.max_new_tokens < 1:
+        raise ConfigError(f"num_beams and max_new_tokens must be >= 1 (got {cfg.num_beams}, {cfg.max_new_tokens})")
+    kwargs = {"max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams, "do_sample": False,
+              "repetition_penalty": cfg.repetition_penalty, "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+              # the LLM's own generation_config may carry sampling settings; decoding here is deterministic
+              "temperature": None, "top_p": None, "top_k": None}
+    if cfg.num_beams > 1:
+        kwargs["length_penalty"] = cfg.length_penalty
+    return kwargs
+
+
+def sha256_or_none(path: Path) -> str | None:
+    from blspkd.scoring.scorer import sha256_file
+
+    return sha256_file(path) if path.is_file() else None
+
+
+# ---- task inputs -----------------------------------------------------------------------------------------------------
+def utterance_instructions(cfg: DecodeConfig, dump: DumpDir) -> dict[str, str | None]:
+    """The instruction of every utterance of ``dump`` for ``cfg.task`` (None: the model's default instruction)."""
+    keys = list(dump.text)
+    per_utt = read_kv(dump.path / "instruction") if (dump.path / "instruction").is_file() else None
+    if cfg.task in ("transcription", "continuation", "translation"):
+        fixed = task_instruction(TaskConfig(kind=cfg.task, instruction=cfg.instruction, language=cfg.language))
+        return dict.fromkeys(keys, fixed)
+    if cfg.task == "plain":
+        return dict.fromkeys(keys, cfg.instruction)
+    if cfg.task == "spoken_instruction":
+        return {k: cfg.instruction or (per_utt or {}).get(k) for k in keys}
+    # task instruction: one free instruction, or each utterance's own
+    if cfg.instruction and cfg.instruction_file:
+        raise ConfigError("give either instruction or instruction_file, not both")
+    if cfg.instruction_file:
+        path = Path(cfg.instruction_file)
+        if not path.is_file():
+            raise ConfigError(f"instruction_file not found: {path}")
+        text = path.read_text(encoding="utf-8").strip()
+        if not text:
+            raise ConfigError(f"instruction_file {path} is empty; write the instruction into it")
+        return dict.fromkeys(keys, text)
+    if cfg.instruction:
+        return dict.fromkeys(keys, cfg.instruction)
+    if per_utt is None:
+        raise ConfigError(f"task instruction needs instruction, instruction_file, or a per-utterance file "
+                          f"{dump.path / 'instruction'} (not found)")
+    missing = [k for k in keys if not per_utt.get(k, "").strip()]
+    if missing:
+        raise ConfigError(f"{dump.path / 'instruction'}: no instruction for {len(missing)} of {len(keys)} utterances "
+                          f"(first: {missing[0]}); add them or give one instruction for all with --instruction")
+    return {k: per_utt[k] for k in keys}
+
+
+def references(task: str, dump_dir: Path) -> dict[str, str]:
+    """The task's reference texts (may cover only some utterances, e.g. continuations after refusal filtering)."""
+    path = dump_dir / REFERENCE_FILE[task]
+    return {k: v for k, v in read_kv(path).items() if v.strip()} if path.is_file() else {}
+
+
+def decode_settings(cfg: DecodeConfig, model_dir: Path) -> dict:
+    """Everything that determines the hypotheses: what decode_config.yaml records and shards must agree on."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("shard", "merge", "log_level", "out_dir")}
+    settings["model_dir"] = str(model_dir.resolve())
+    settings["dump_dir"] = str(Path(cfg.dump_dir).resolve())
+    settings["model_config_sha256"] = sha256_or_none(model_dir / "config.json")
+    settings["model_weights_sha256"] = sha256_or_none(model_dir / "model.safetensors")
+    settings["generate_kwargs"] = {k: v for k, v in generation_kwargs(cfg).items() if v is not None}
+    return settings
+
+
+# ---- one shard -------------------------------------------------------------------------------------------------------
+def shard_files(out_dir: str | Path, shard: int) -> tuple[Path, Path]:
+    d = Path(out_dir) / "shards"
+    return d / f"hyp.{shard}.jsonl", d / f"done.{shard}"
+
+
+def _check_dump_dir(path: Path) -> None:
+    if not (path / ".complete").is_file():
+        raise FileNotFoundError(f"{path}/.complete not found: {path} is not a complete stage-2 dump dir "
+                                "(run stage 2 of the recipe for this set)")
+
+
+def decode_shard(cfg: DecodeConfig, model=None) -> dict:
+    """Decode shard ``cfg.shard`` of ``cfg.num_shards``; returns its statistics. ``model``: an already loaded model
+    (tests, or a caller decoding several sets); otherwise it is loaded from ``cfg.model_dir``."""
+    if not 1 <= cfg.shard <= cfg.num_shards:
+        raise ConfigError(f"shard must be in 1..num_shards={cfg.num_shards}, got {cfg.shard}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    dump_path = Path(cfg.dump_dir)
+    _check_dump_dir(dump_path)
+    model_dir = resolve_model_dir(cfg.model_dir)
+    settings = decode_settings(cfg, model_dir)
+    hyp_path, done_path = shard_files(cfg.out_dir, cfg.shard)
+    if done_path.is_file() and hyp_path.is_file():
+        done = json.loads(done_path.read_text(encoding="utf-8"))
+        if done.get("settings") == settings:
+            logger.info("shard %d/%d already decoded with the same settings (%s); skipping", cfg.shard,
+                        cfg.num_shards, done_path)
+            return done["stats"]
+    done_path.unlink(missing_ok=True)
+
+    dump = DumpDir.load(dump_path)
+    keys = shard_keys(list(dump.text), cfg.shard, cfg.num_shards)
+    instructions = utterance_instructions(cfg, dump)
+    refs = references(cfg.task, dump_path)
+    if model is None:
+        model = load_model(model_dir, cfg.device)
+    device = next(model.parameters()).device
+    fe = model.feature_extractor
+    frame_seconds = fe.hop_length / fe.sampling_rate
+    gen_kwargs = generation_kwargs(cfg)
+    logger.info("shard %d/%d: %d of %d utterances of %s, task %s, batch %d, %s", cfg.shard, cfg.num_shards,
+                len(keys), len(dump.text), dump_path, cfg.task, cfg.batch_size,
+                {k: v for k, v in gen_kwargs.items() if v is not None})
+
+    # Longest first, so similar lengths share a batch (less padding) and memory peaks at once rather than late.
+    order = sorted(keys, key=lambda k: (-dump.num_frames[k], k))
+    records: dict[str, dict] = {}
+    stats = {"utterances": 0, "audio_seconds": 0.0, "seconds": 0.0, "generated_tokens": 0, "device": str(device),
+             "batch_size": cfg.batch_size}
+    for i in tqdm(range(0, len(order), cfg.batch_size), desc=f"decode shard {cfg.shard}", disable=None):
+        batch = order[i: i + cfg.batch_size]
+        feats = [torch.from_numpy(dump.feats[k].copy()) for k in batch]
+        lengths = torch.tensor([f.shape[0] for f in feats])
+        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)
+        t0 = time.perf_counter()
+        out = model.generate(padded, lengths.to(device), [instructions[k] for k in batch], return_details=True,
+                             **gen_kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats["seconds"] += time.perf_counter() - t0
+        for j, key in enumerate(batch):
+            instruction = instructions[key]
+            records[key] = {
+                "key": key,
+                "instruction": instruction if instruction is not None else model.config.default_instruction,
+                "hypothesis": one_line(out["texts"][j]),
+                "reference": refs.get(key),
+                "num_speech_tokens": out["num_speech_tokens"][j],
+                "num_transcript_tokens": len(model.framing.transcript_ids(dump.text[key])),
+                "num_generated_tokens": out["num_generated_tokens"][j],
+            }
+            stats["generated_tokens"] += out["num_generated_tokens"][j]
+            stats["audio_seconds"] += int(lengths[j]) * frame_seconds
+        stats["utterances"] += len(batch)
+
+    hyp_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = hyp_path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(records[k], ensure_ascii=False) + "\n" for k in sorted(records)),
+                   encoding="utf-8")
+    tmp.replace(hyp_path)
+    done_path.write_text(json.dumps({"settings": settings, "stats": stats}, indent=1) + "\n", encoding="utf-8")
+    _log_speed(f"shard {cfg.shard}/{cfg.num_shards}", stats)
+    return stats
+
+
+def _log_speed(what: str, stats: dict) -> None:
+    logger.info("%s: %d utterances, %.1f s of audio decoded in %.1f s: real-time factor %.3f, %.1f generated "
+                "tokens/s (%d tokens; device %s, batch %s)", what, stats["utterances"], stats["audio_seconds"],
+                stats["seconds"], stats["seconds"] / max(stats["audio_seconds"], 1e-9),
+                stats["generated_tokens"] / max(stats["seconds"], 1e-9), stats["generated_tokens"], stats["device"],
+                stats["batch_size"])
+
+
+# ---- merge -----------------------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    from blspkd.scoring.scorer import package_versions
+
+    return package_versions(["torch", "transformers", "peft"])
+
+
+def merge(cfg: DecodeConfig) -> Path:
+    """Combine every shard of ``cfg.out_dir`` into the decode dir's files (see the module docstring)."""
+    out_dir = Path(cfg.out_dir)
+    _check_dump_dir(Path(cfg.dump_dir))
+    all_keys = list(read_kv(Path(cfg.dump_dir) / "text"))
+    records: dict[str, dict] = {}
+    settings = None
+    total = {"utterances": 0, "audio_seconds": 0.0, "seconds": 0.0, "generated_tokens": 0}
+    devices, batch_sizes = set(), set()
+    for j in range(1, cfg.num_shards + 1):
+        hyp_path, done_path = shard_files(out_dir, j)
+        if not done_path.is_file() or not hyp_path.is_file():
+            raise DecodeError(f"{done_path}: shard {j} of {cfg.num_shards} has not finished; run it "
+                               f"(--shard {j} --num_shards {cfg.num_shards}; its log says why it failed), then merge")
+        done = json.loads(done_path.read_text(encoding="utf-8"))
+        if settings is None:
+            settings = done["settings"]
+        elif done["settings"] != settings:
+            diff = sorted(k for k in set(settings) | set(done["settings"])
+                          if settings.get(k) != done["settings"].get(k))
+            raise DecodeError(f"{done_path}: shard {j} was decoded with other settings than shard 1 ({diff}); "
+                               f"remove {out_dir}/shards and decode every shard again")
+        for line in hyp_path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            records[rec["key"]] = rec
+        for k in total:
+            total[k] += done["stats"][k]
+        devices.add(done["stats"]["device"])
+        batch_sizes.add(done["stats"]["batch_size"])
+    missing = [k for k in all_keys if k not in records]
+    if missing:
+        raise DecodeError(f"{out_dir}/shards: {len(missing)} utterances of {cfg.dump_dir}/text were not decoded "
+                           f"(first: {missing[0]}); were the shards run with num_shards={cfg.num_shards}?")
+    keys = sorted(records)
+    write_kv(out_dir / "hyp.txt", {k: records[k]["hypothesis"] for k in keys})
+    refs = {k: records[k]["reference"] for k in keys if records[k]["reference"]}
+    if refs:
+        write_kv(out_dir / "ref.txt", refs)
+    else:
+        (out_dir / "ref.txt").unlink(missing_ok=True)
+    with open(out_dir / "hyp.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(records[k], ensure_ascii=False) + "\n" for k in keys)
+    import yaml
+
+    (out_dir / "decode_config.yaml").write_text(
+        yaml.safe_dump({**settings, "versions": _versions()}, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    stats = {**total, "device": ",".join(sorted(devices)), "batch_size": ",".join(map(str, sorted(batch_sizes))),
+             "num_shards": cfg.num_shards,
+             "real_time_factor": total["seconds"] / max(total["audio_seconds"], 1e-9),
+             "generated_tokens_per_second": total["generated_tokens"] / max(total["seconds"], 1e-9)}
+    (out_dir / "decode_stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
+    _log_speed(f"{out_dir} (sum over {cfg.num_shards} shard(s))", stats)
+    n_speech = [records[k]["num_speech_tokens"] for k in keys]
+    n_text = [records[k]["num_transcript_tokens"] for k in keys]
+    exact = sum(a == b for a, b in zip(n_speech, n_text))
+    logger.info("CIF token counts: %d predicted vs %d transcript tokens (ratio %.3f), exact for %d of %d utterances; "
+                "%d of %d utterances have a reference (%s)", sum(n_speech), sum(n_text),
+                sum(n_speech) / max(sum(n_text), 1), exact, len(keys), len(refs), len(keys),
+                REFERENCE_FILE[settings["task"]])
+    (out_dir / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n", encoding="utf-8")
+    logger.info("wrote %s/{hyp.txt,hyp.jsonl,%sdecode_config.yaml,decode_stats.json}", out_dir,
+                "ref.txt," if refs else "")
+    return out_dir
+
+
+def run(cfg: DecodeConfig, model=None) -> Path | None:
+    """Decode (a shard, or all with num_shards 1) and/or merge, as the config says."""
+    for name in ("model_dir", "dump_dir", "out_dir"):
+        if not getattr(cfg, name) and not (cfg.merge and name == "model_dir"):
+            raise ConfigError(f"{name} is required (--{name} ...)")
+    if not cfg.merge:
+        (Path(cfg.out_dir) / ".complete").unlink(missing_ok=True)
+        decode_shard(cfg, model)
+    if cfg.merge or cfg.num_shards == 1:
+        return merge(cfg)
+    return None

@@ -1,0 +1,189 @@
+"""Decoding (stage 6) on a tiny random BLSP-KD model: outputs, determinism, sharding, tasks and errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from blspkd.data.feats_io import load_scp
+from blspkd.data.kaldi_dir import read_kv
+from blspkd.decode import DecodeConfig, DecodeError, merge, resolve_model_dir, run
+from blspkd.utils.config import ConfigError
+
+FAST = {"max_new_tokens": 6}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from blspkd.decode import load_model
+
+    return load_model(tiny_model_dir, "cpu")
+
+
+def _cfg(model_dir, dump_dir, out_dir, **kw) -> DecodeConfig:
+    return DecodeConfig(model_dir=str(model_dir), dump_dir=str(dump_dir), out_dir=str(out_dir), **{**FAST, **kw})
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_decode_writes_every_output(model, tiny_model_dir, decode_dump_dir, tmp_path):
+    out = tmp_path / "decode_test"
+    run(_cfg(tiny_model_dir, decode_dump_dir, out, batch_size=3), model=model)
+    text = read_kv(decode_dump_dir / "text")
+    hyp_lines = (out / "hyp.txt").read_text(encoding="utf-8").splitlines()
+    assert [line.split(" ", 1)[0] for line in hyp_lines] == sorted(text)  # key order, every utterance
+    records = _jsonl(out / "hyp.jsonl")
+    assert [r["key"] for r in records] == sorted(text)
+    tok = model.tokenizer
+    for r, line in zip(records, hyp_lines):
+        assert set(r) == {"key", "instruction", "hypothesis", "reference", "num_speech_tokens", "num_transcript_tokens",
+                          "num_generated_tokens"}
+        assert r["instruction"] == "Repeat the following sentence exactly."
+        assert r["reference"] == text[r["key"]]
+        assert r["num_transcript_tokens"] == len(tok(text[r["key"]].strip(), add_special_tokens=False)["input_ids"])
+        assert 1 <= r["num_generated_tokens"] <= FAST["max_new_tokens"]
+        assert r["num_speech_tokens"] >= 1
+        assert line == f"{r['key']} {r['hypothesis']}".rstrip()
+    assert read_kv(out / "ref.txt") == text
+    settings = yaml.safe_load((out / "decode_config.yaml").read_text())
+    assert settings["model_dir"] == str(tiny_model_dir.resolve())
+    assert settings["model_config_sha256"] == hashlib.sha256((tiny_model_dir / "config.json").read_bytes()).hexdigest()
+    assert settings["generate_kwargs"]["max_new_tokens"] == 6 and settings["task"] == "transcription"
+    stats = json.loads((out / "decode_stats.json").read_text())
+    frames = sum(m.shape[0] for m in load_scp(decode_dump_dir / "feats.scp").values())
+    assert stats["audio_seconds"] == pytest.approx(frames / 100)
+    assert stats["generated_tokens"] == sum(r["num_generated_tokens"] for r in records)
+    assert stats["real_time_factor"] == pytest.approx(stats["seconds"] / stats["audio_seconds"])
+    assert (out / ".complete").is_file()
+
+
+def test_cif_counts_and_texts_match_the_model_run_alone(model, tiny_model_dir, decode_dump_dir, tmp_path):
+    """Independent reference: each utterance decoded on its own by BlspKdModel.generate (batch of one)."""
+    out = tmp_path / "d"
+    run(_cfg(tiny_model_dir, decode_dump_dir, out, batch_size=4), model=model)
+    feats = load_scp(decode_dump_dir / "feats.scp")
+    for r in _jsonl(out / "hyp.jsonl"):
+        x = torch.from_numpy(feats[r["key"]].copy())[None]
+        alone = model.generate(x, torch.tensor([x.shape[1]]), ["Repeat the following sentence exactly."],
+                               return_details=True, max_new_tokens=6)
+        assert r["hypothesis"] == " ".join(alone["texts"][0].split())
+        assert r["num_speech_tokens"] == alone["num_speech_tokens"][0]
+        with torch.no_grad():
+            alpha_sum = model.encode_speech(x, torch.tensor([x.shape[1]])).alpha_sum
+        assert r["num_speech_tokens"] == max(1, round(float(alpha_sum[0])))  # N_hat = max(1, round(sum alpha))
+
+
+def test_same_input_same_output_and_sharded_equals_unsharded(model, tiny_model_dir, decode_dump_dir, tmp_path):
+    run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "a", batch_size=7), model=model)
+    run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "b", batch_size=7), model=model)
+    assert (tmp_path / "a/hyp.txt").read_bytes() == (tmp_path / "b/hyp.txt").read_bytes()
+    for j in (1, 2, 3):
+        assert run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "s", batch_size=2, num_shards=3, shard=j),
+                   model=model) is None
+    merge(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "s", num_shards=3))
+    assert (tmp_path / "s/hyp.txt").read_bytes() == (tmp_path / "a/hyp.txt").read_bytes()
+    assert _jsonl(tmp_path / "s/hyp.jsonl") == _jsonl(tmp_path / "a/hyp.jsonl")
+
+
+def test_merge_refuses_missing_or_mismatched_shards(model, tiny_model_dir, decode_dump_dir, tmp_path):
+    out = tmp_path / "m"
+    run(_cfg(tiny_model_dir, decode_dump_dir, out, num_shards=2, shard=1), model=model)
+    with pytest.raises(DecodeError, match=rf"^{out}/shards/done.2: shard 2 of 2 has not finished; run it "
+                                          r"\(--shard 2 --num_shards 2; its log says why it failed\), then merge$"):
+        merge(_cfg(tiny_model_dir, decode_dump_dir, out, num_shards=2))
+    run(_cfg(tiny_model_dir, decode_dump_dir, out, num_shards=2, shard=2, max_new_tokens=3), model=model)
+    with pytest.raises(DecodeError, match=r"shard 2 was decoded with other settings than shard 1 \(\['generate_kwargs',"
+                                          r" 'max_new_tokens'\]\); remove .*/shards and decode every shard again"):
+        merge(_cfg(tiny_model_dir, decode_dump_dir, out, num_shards=2))
+    assert not (out / ".complete").exists()
+
+
+def test_finished_shard_is_skipped_unless_settings_change(model, tiny_model_dir, decode_dump_dir, tmp_path, caplog):
+    cfg = _cfg(tiny_model_dir, decode_dump_dir, tmp_path / "r")
+    run(cfg, model=model)
+    caplog.set_level("INFO")
+    run(cfg, model=model)
+    assert "already decoded with the same settings" in caplog.text
+    caplog.clear()
+    run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "r", num_beams=2), model=model)
+    assert "already decoded" not in caplog.text
+    assert yaml.safe_load((tmp_path / "r/decode_config.yaml").read_text())["generate_kwargs"]["num_beams"] == 2
+
+
+def test_task_instructions_and_references(model, tiny_model_dir, decode_dump_dir, tmp_path):
+    keys = sorted(read_kv(decode_dump_dir / "text"))
+    run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "c", task="continuation"), model=model)
+    recs = _jsonl(tmp_path / "c/hyp.jsonl")
+    assert {r["instruction"] for r in recs} == {"Continue the following text in a coherent style: "}
+    assert [r["reference"] for r in recs] == [None] + ["and so the story goes on"] * (len(keys) - 1)
+    assert sorted(read_kv(tmp_path / "c/ref.txt")) == keys[1:]  # the utterance without a continuation is not scored
+
+    run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "t", task="translation", language="German"), model=model)
+    assert {r["instruction"] for r in _jsonl(tmp_path / "t/hyp.jsonl")} == {
+        "Translate the following speech into German."}
+    assert not (tmp_path / "t/ref.txt").exists()  # no translation file in this dump dir
+
+    run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "i", task="instruction"), model=model)
+    per_utt = read_kv(decode_dump_dir / "instruction")
+    assert [r["instruction"] for r in _jsonl(tmp_path / "i/hyp.jsonl")] == [per_utt[k] for k in keys]
+
+    instruction_file = tmp_path / "instruction.txt"
+    instruction_file.write_text("Summarise the speech in three words.\n")
+    run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "f", task="instruction",
+             instruction_file=str(instruction_file)), model=model)
+    assert {r["instruction"] for r in _jsonl(tmp_path / "f/hyp.jsonl")} == {"Summarise the speech in three words."}
+
+
+def test_config_errors(model, tiny_model_dir, decode_dump_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"task 'translation': its instruction names \{language\}; set the task's "
+                                          r"'language' key"):
+        run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "x", task="translation"), model=model)
+    bare = tmp_path / "bare"
+    shutil.copytree(decode_dump_dir, bare)
+    (bare / "instruction").unlink()
+    with pytest.raises(ConfigError, match=rf"^task instruction needs instruction, instruction_file, or a per-utterance "
+                                          rf"file {bare}/instruction \(not found\)$"):
+        run(_cfg(tiny_model_dir, bare, tmp_path / "y", task="instruction"), model=model)
+    (bare / ".complete").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"^{bare}/.complete not found: {bare} is not a complete stage-2 "
+                                                 r"dump dir \(run stage 2 of the recipe for this set\)$"):
+        run(_cfg(tiny_model_dir, bare, tmp_path / "z"), model=model)
+    with pytest.raises(ConfigError, match=r"^shard must be in 1..num_shards=2, got 3$"):
+        run(_cfg(tiny_model_dir, decode_dump_dir, tmp_path / "w", num_shards=2, shard=3), model=model)
+
+
+def test_model_dir_resolution(tiny_model_dir, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_model_dir, exp / "model")
+    assert resolve_model_dir(exp) == exp / "model"
+    assert resolve_model_dir(tiny_model_dir) == tiny_model_dir
+    (tmp_path / "unfinished/checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"\(training has checkpoints but has not finished: run the training "
+                                                 r"stage to the end\)"):
+        resolve_model_dir(tmp_path / "unfinished")
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_in_subprocess(tiny_model_dir, decode_dump_dir, tmp_path):
+    """The entry point as the recipe calls it: two shards as separate processes, then --merge."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "blspkd.bin.decode", "--model_dir", str(tiny_model_dir), "--dump_dir",
+            str(decode_dump_dir), "--out_dir", str(tmp_path / "cli"), "--max_new_tokens", "4", "--num_shards", "2"]
+    for j in ("1", "2"):
+        p = subprocess.run(base + ["--shard", j], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    p = subprocess.run(base + ["--merge", "true"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "real-time factor" in p.stderr and "generated tokens/s" in p.stderr
+    assert (tmp_path / "cli/.complete").is_file()
+    p = subprocess.run(base + ["--taks", "continuation"], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "error: command line: unknown key 'taks' (did you mean 'task'?)" in p.stderr
