@@ -226,8 +226,26 @@ class Trainer:
     def trainable_weights(self) -> dict[str, torch.Tensor]:
         return {k: D.full_tensor(v) for k, v in self.module.trainable_state_dict().items()}
 
+    def check_replicas(self, weights: dict[str, torch.Tensor]) -> None:
+        """DDP keeps one copy of the weights per rank; they must be bit-identical (else a rank saw other updates)."""
+        import hashlib
+
+        import torch.distributed as dist
+
+        digest = hashlib.sha1()
+        for name in sorted(weights):
+            digest.update(weights[name].float().numpy().tobytes())
+        sums: list = [None] * self.world
+        dist.all_gather_object(sums, digest.hexdigest())
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"DDP replicas diverged at update {self.step}: weight digests per rank {sums}")
+        logger.info("replica check at update %d: trainable weights identical on %d ranks (sha1 %s)", self.step,
+                    self.world, sums[0][:12])
+
     def save(self) -> None:
         weights = self.trainable_weights()
+        if D.is_distributed() and not self._fsdp():
+            self.check_replicas(weights)
         optim_state = self._optimizer_state()
         # Every rank's RNG state (dropout streams differ by rank), gathered to rank 0.
         rng = [ckpt.rng_state()]
@@ -254,9 +272,12 @@ class Trainer:
         # so creating a loader mid-epoch on resume leaves the training RNG stream exactly as in an uninterrupted run.
         gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.epoch)
         return DataLoader(
-            self.train_data, batch_sampler=self.sampler, collate_fn=self.collate, num_workers=self.cfg.data.num_workers,
+            self.train_data, batch_sampler=self.sampler, collate_fn=self._collate_with_keys, num_workers=self.cfg.data.num_workers,
             generator=gen, pin_memory=self.device.type == "cuda",
         )
+
+    def _collate_with_keys(self, items: list[dict]) -> dict:
+        return {**self.collate(items), "keys": [it["key"] for it in items]}
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -302,7 +323,9 @@ class Trainer:
             for batch in loader:
                 self.batch_pos += 1
                 micro += 1
-                batch = self._to_device(batch)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("epoch %d batch %d keys: %s", self.epoch + 1, self.batch_pos, " ".join(batch["keys"]))
+                batch = self._to_device({k: v for k, v in batch.items() if k != "keys"})
                 sync = micro % accum == 0
                 no_sync = getattr(self.model, "no_sync", None)
                 ctx = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
