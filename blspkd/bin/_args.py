@@ -5,7 +5,6 @@ import logging
 import sys
 from collections.abc import Callable
 
-from blspkd.data.audio import AudioError
 from blspkd.data.kaldi_dir import DataDirError
 from blspkd.utils.config import ConfigError
 
@@ -15,10 +14,21 @@ def opt(name: str) -> tuple[str, ...]:
     return (f"--{name}", f"--{name.replace('_', '-')}") if "_" in name else (f"--{name}",)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [DataDirError, ConfigError, FileNotFoundError]
+    audio = sys.modules.get("blspkd.data.audio")  # only importable-if-used: keeps the data-dir tools free of scipy
+    if audio is not None:
+        errors.append(audio.AudioError)
+    return tuple(errors)
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Run an entry point; a mistake the user can fix is printed as one clear message (exit 1), not a traceback."""
     try:
-        sys.exit(main() or 0)
-    except (DataDirError, AudioError, ConfigError, FileNotFoundError) as e:
+        code = main() or 0
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         logging.getLogger("blspkd").error("%s", e)
         sys.exit(1)
+    sys.exit(code)
