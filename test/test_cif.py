@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from blspkd.models.cif import CFormer, integrate_and_fire, pool_frames
+from blspkd.models.cif import CFormer, cif_weights, integrate_and_fire, pool_frames
 
 
 def loop_cif(hidden, alphas, num_tokens=None, threshold=1.0):
@@ -94,6 +94,19 @@ def test_mass_conservation_and_unit_weights():
         k = int(counts[b])
         torch.testing.assert_close(w[b, : k - 1], torch.ones(k - 1), atol=1e-5, rtol=0)
         torch.testing.assert_close(w[b, :k].sum(), torch.tensor(float(k)), atol=1e-4, rtol=0)
+
+
+def test_dense_weights_rows_and_columns():
+    """W[k, :] sums to 1 for every token but the last, which gets the rest; column t sums to alpha'_t."""
+    _, alphas = random_case(2, 30, 1, 10, big=True, lengths=[30, 17])
+    n = torch.tensor([25, 6])
+    w = cif_weights(alphas, n)
+    assert w.shape == (2, 25, 30) and w.dtype == torch.float64
+    scaled = alphas.double() * (n / alphas.double().sum(1)).unsqueeze(1)
+    torch.testing.assert_close(w.sum(1), scaled, atol=1e-9, rtol=0)
+    torch.testing.assert_close(w[0, :24].sum(1), torch.ones(24, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(w[1, :5].sum(1), torch.ones(5, dtype=torch.float64), atol=1e-9, rtol=0)
+    assert torch.all(w[1, 6:] == 0) and torch.all(w[1, :, 17:] == 0)
 
 
 def test_tiny_and_zero_alpha_sum_are_safe():

@@ -10,8 +10,8 @@ and the threshold beta (1.0 in the paper):
     token_k  = sum_t w[k, t] * h_t
 
 A frame whose alpha' exceeds the threshold contributes to several tokens, and no mass is lost. The weights are built
-for all (k, t) at once (cumsum, clamp) and applied with one batched matmul, instead of the reference's Python loop
-over frames.
+for all frames at once (cumsum, floor, clamp) and applied with index_add over the band of tokens each frame touches,
+instead of the reference's Python loop over frames (``cif_weights`` gives the dense W[b, k, t] for inspection).
 """
 from __future__ import annotations
 
@@ -55,14 +55,48 @@ def integrate_and_fire(
     prev = cum - scaled / threshold  # c_{t-1}
 
     n_max = int(num_tokens.max())
-    k = torch.arange(n_max, device=hidden.device, dtype=cum.dtype).view(1, n_max, 1)
-    is_last = (k == (num_tokens.to(cum.dtype) - 1).view(-1, 1, 1))
-    upper = torch.where(is_last, cum.unsqueeze(1), torch.minimum(cum.unsqueeze(1), k + 1))
-    lower = torch.maximum(prev.unsqueeze(1), k)
-    token_mask = k.view(1, n_max) < num_tokens.view(-1, 1)
-    weights = (upper - lower).clamp(min=0) * token_mask.unsqueeze(-1) * threshold  # (B, N_max, T)
-    tokens = torch.bmm(weights.to(hidden.dtype), hidden)
+    last = (num_tokens - 1).view(-1, 1)
+    # Frame t only touches tokens floor(c_{t-1}) .. floor(c_t) (capped at the last token), so W is a narrow band with
+    # about T + N non-zeros: build it as a sparse matrix (every frame's first token, plus the further tokens of the
+    # frames that straddle a boundary) and apply it with one sparse-dense matmul. A dense (N x T) @ (T x C) product
+    # does O(N*T*C) work and on a CPU was no faster than the frame loop it replaces.
+    b_size, t_size, c_size = hidden.shape
+    first = torch.minimum(torch.floor(prev).long().clamp(min=0), last)  # (B, T)
+    top = torch.minimum(torch.floor(cum).long(), last)
+    token_mask = torch.arange(n_max, device=hidden.device).view(1, -1) < num_tokens.view(-1, 1)
+
+    def band(k, c, p, last_k):  # w[k, t] of the equations, for given token indices k
+        kf = k.to(c.dtype)
+        upper = torch.where(k == last_k, c, torch.minimum(c, kf + 1))
+        return (upper - torch.maximum(p, kf)).clamp(min=0) * (k <= last_k) * threshold
+
+    frame_ids = torch.arange(b_size * t_size, device=hidden.device).view(b_size, t_size)
+    batch_ids = torch.arange(b_size, device=hidden.device).view(-1, 1).expand(b_size, t_size)
+    rows, cols, vals = [(first + batch_ids * n_max).reshape(-1)], [frame_ids.reshape(-1)], \
+        [band(first, cum, prev, last).reshape(-1)]
+    straddle = top > first
+    if bool(straddle.any()):
+        bi, ti = straddle.nonzero(as_tuple=True)
+        f_s, c_s, p_s, last_s = first[bi, ti], cum[bi, ti], prev[bi, ti], last[bi, 0]
+        for j in range(1, int((top[bi, ti] - f_s).max()) + 1):
+            k = f_s + j
+            rows.append(k.clamp(max=n_max - 1) + bi * n_max)
+            cols.append(frame_ids[bi, ti])
+            vals.append(band(k, c_s, p_s, last_s))
+    weights = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]),
+                                      torch.cat(vals).to(hidden.dtype), (b_size * n_max, b_size * t_size),
+                                      check_invariants=False)
+    tokens = torch.sparse.mm(weights, hidden.reshape(-1, c_size))
+    tokens = tokens.view(hidden.shape[0], n_max, hidden.shape[2])
     return tokens, token_mask, num_tokens
+
+
+def cif_weights(alphas: torch.Tensor, num_tokens: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
+    """The dense weights W (B, N_max, T) of the equations above (float64), so that tokens = W @ hidden. For tests and
+    inspection; ``integrate_and_fire`` uses the banded form."""
+    eye = torch.eye(alphas.shape[1], dtype=torch.float64, device=alphas.device)
+    hidden = eye.unsqueeze(0).expand(alphas.shape[0], -1, -1)
+    return integrate_and_fire(hidden, alphas.double(), num_tokens, threshold)[0]
 
 
 def pool_frames(hidden: torch.Tensor, mask: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
