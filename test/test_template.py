@@ -210,6 +210,7 @@ def test_stage1_rejects_invalid_and_missing_sets(recipe_dir, tiny_corpus):
     assert "local/data.sh did not create data/dev" in res.stdout
 
 
+@pytest.mark.slow
 def test_stage2_features_filter_markers(recipe_dir, tiny_corpus, tiny_whisper_dir, monkeypatch):
     monkeypatch.chdir(recipe_dir)  # feats.scp names arks relative to the recipe dir, as in Kaldi/ESPnet
     _copy_sets(tiny_corpus, recipe_dir / "data", ["train", "test"])

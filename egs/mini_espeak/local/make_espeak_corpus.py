@@ -8,7 +8,7 @@ Each utterance is one sentence (local/fortune_sentences.py; no sentence occurs i
 English accent of espeak-ng combined with a voice variant (``en-gb-scotland+m4``), at a random speed (words per minute)
 and pitch. The variants are split once by the seed: test voices use variants that never occur in train or dev, so the
 test set measures generalisation to unseen voices; dev shares train's variants. espeak-ng writes 22.05 kHz; sox
-converts to 16 kHz mono 16-bit with -3 dB of headroom (``gain -n -3``) so nothing clips.
+converts to 16 kHz mono 16-bit, then normalises the peak to -3 dBFS (``rate 16000 gain -n -3``) so nothing clips.
 
 Output: data/<set>/{wav.scp,text,utt2spk,spk2utt} (wav.scp holds absolute paths), data/local/espeak_<set>.tsv with the
 voice, speed and pitch of every utterance, and the wavs under --wav_dir/<set>/. Transcripts keep the sentence's natural
@@ -131,7 +131,10 @@ def synthesize(utt: Utterance, wav: Path) -> float:
         error = raw.stderr.decode(errors="replace")
         raise RuntimeError(f"{utt.utt_id}: espeak-ng failed ({' '.join(espeak)}): {error}")
     tmp = wav.with_name(f".{wav.stem}.tmp.wav")
-    sox = ["sox", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(tmp), "gain", "-n", "-3"]
+    # Resample before normalising (an explicit rate effect): resampling after the gain can overshoot the headroom.
+    # -R seeds the dither, so the same plan gives bit-identical wavs.
+    sox = ["sox", "-R", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(tmp),
+           "rate", str(SAMPLE_RATE), "gain", "-n", "-3"]
     conv = subprocess.run(sox, input=raw.stdout, capture_output=True, check=False)
     if conv.returncode != 0:
         raise RuntimeError(f"{utt.utt_id}: sox failed ({' '.join(sox)}): {conv.stderr.decode(errors='replace')}")
