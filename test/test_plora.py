@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -165,6 +166,28 @@ def test_generation_decode_steps_get_no_lora(pair):
     assert torch.equal(_generate(plora, ids, attn, mask, use_cache=True), seq)
 
 
+def test_generation_from_inputs_embeds(pair):
+    """The student path: prompt given as embeddings (speech vectors in the middle), generate with a KV cache."""
+    _, plora = pair
+    ids, attn, mask = _left_padded_batch()
+    embed = plora.get_input_embeddings()
+    with torch.no_grad():
+        embeds = embed(ids)
+        with plora_mask(plora, mask):
+            out = plora.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=5, do_sample=False,
+                                 pad_token_id=0, eos_token_id=None)
+        seq_embeds, am, generated = embeds, attn.clone(), []
+        for _ in range(5):  # reference: full forwards, mask padded with zeros over generated tokens
+            full_mask = torch.cat([mask, torch.zeros(ids.shape[0], am.shape[1] - ids.shape[1])], dim=1)
+            pos = (am.cumsum(-1) - 1).clamp(min=0)
+            with plora_mask(plora, full_mask):
+                nxt = plora(inputs_embeds=seq_embeds, attention_mask=am, position_ids=pos).logits[:, -1].argmax(-1)
+            generated.append(nxt)
+            seq_embeds = torch.cat([seq_embeds, embed(nxt[:, None])], dim=1)
+            am = torch.cat([am, torch.ones_like(nxt[:, None])], dim=1)
+    assert torch.equal(out, torch.stack(generated, dim=1))
+
+
 def test_beam_search_expands_the_mask(pair):
     _, plora = pair
     ids, attn, mask = _left_padded_batch()
@@ -240,6 +263,12 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"the mask must be \(batch, length\), got shape \(3,\)"):
         with plora_mask(model, torch.ones(3)):
             pass
+    ids = _ids(length=6)
+    with pytest.raises(ValueError, match=re.escape(
+            "plora_mask: the mask has 5 columns but no forward inside the context had that sequence length "
+            "(lengths seen: [6]); the mask needs one column per input position of the forward it belongs to")):
+        with torch.no_grad(), plora_mask(model, torch.ones(2, 5)):
+            model(input_ids=ids)
     with pytest.raises(RuntimeError, match="PLoRA cannot be merged"):
         model.merge_and_unload()
     with pytest.raises(ValueError, match="plain LoRA only"):

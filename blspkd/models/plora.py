@@ -54,6 +54,7 @@ class _PLoraState:
     mask: torch.Tensor | None = None  # (B, L) as given to plora_mask; None = PLoRA off
     offset: int | None = None  # absolute position of mask column 0, fixed by the anchor forward
     active: torch.Tensor | None = None  # (B', L') mask of the forward being run; None = no LoRA in this forward
+    lengths_seen: list[int] = dataclasses.field(default_factory=list)  # to report a mask that matched no forward
 
 
 class PLoraLinear(lora_layer.Linear):
@@ -173,16 +174,17 @@ def _select_mask(state: _PLoraState, args: tuple, kwargs: dict) -> None:
     mask = state.mask
     if state.offset is None:
         if length != mask.shape[1]:
+            state.lengths_seen.append(length)
             return  # not the anchor forward yet (e.g. a prefix being cached): no LoRA
         state.offset = past
-    if batch != mask.shape[0]:
-        if batch % mask.shape[0]:
-            raise RuntimeError(f"PLoRA: forward batch {batch} is not a multiple of the mask batch {mask.shape[0]}")
-        mask = mask.repeat_interleave(batch // mask.shape[0], dim=0)  # as generate expands beams/return sequences
     start = past - state.offset
     lo, hi = max(start, 0), min(start + length, mask.shape[1])
     if hi <= lo:
         return  # decode steps after the anchor: generated tokens are text
+    if batch != mask.shape[0]:
+        if batch % mask.shape[0]:
+            raise RuntimeError(f"PLoRA: forward batch {batch} is not a multiple of the mask batch {mask.shape[0]}")
+        mask = mask.repeat_interleave(batch // mask.shape[0], dim=0)  # as generate expands beams/return sequences
     active = mask.new_zeros(batch, length)
     active[:, lo - start : hi - start] = mask[:, lo:hi]
     if bool(active.any()):
@@ -201,9 +203,16 @@ def plora_mask(model: nn.Module, mask: torch.Tensor | None) -> Iterator[None]:
         if mask.dim() != 2:
             raise ValueError(f"plora_mask: the mask must be (batch, length), got shape {tuple(mask.shape)}")
         mask = mask.detach().float()
-    saved = (state.mask, state.offset, state.active)  # restored on exit, so contexts nest
-    state.mask, state.offset, state.active = mask, None, None
+    saved = (state.mask, state.offset, state.active, state.lengths_seen)  # restored on exit, so contexts nest
+    state.mask, state.offset, state.active, state.lengths_seen = mask, None, None, []
     try:
         yield
+        if mask is not None and state.offset is None and state.lengths_seen:
+            # Silently training or decoding without the adapters would be worse than stopping here.
+            raise ValueError(
+                f"plora_mask: the mask has {mask.shape[1]} columns but no forward inside the context had that "
+                f"sequence length (lengths seen: {state.lengths_seen}); the mask needs one column per input position "
+                "of the forward it belongs to"
+            )
     finally:
-        state.mask, state.offset, state.active = saved
+        state.mask, state.offset, state.active, state.lengths_seen = saved
