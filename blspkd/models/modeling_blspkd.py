@@ -138,14 +138,16 @@ class BlspKdModel(nn.Module):
                 params[name].copy_(value)
         return missing
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
-        """config.json + model.safetensors (trainable weights only) + tokenizer and feature-extractor files."""
+    def save_pretrained(self, out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """config.json + model.safetensors (trainable weights only) + tokenizer and feature-extractor files.
+        ``state_dict``: the trainable weights to write instead of this module's (FSDP training gathers its shards)."""
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(out_dir)
-        state = {n: t.contiguous() for n, t in self.trainable_state_dict().items()}
+        state_dict = self.trainable_state_dict() if state_dict is None else state_dict
+        state = {n: t.contiguous() for n, t in state_dict.items()}
         save_file(state, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(out_dir)
         self.feature_extractor.save_pretrained(out_dir)
