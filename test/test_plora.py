@@ -90,6 +90,23 @@ def test_positions_before_the_first_masked_one_are_the_base_model(pair):
     assert not torch.allclose(out[1, 8:], ref[1, 8:], atol=1e-3)
 
 
+def test_direct_backbone_calls_see_the_mask(pair):
+    """The composite model calls the decoder backbone itself (to compute logits only on the rows a loss uses)."""
+    _, plora = pair
+    ids = _ids()
+    mask = torch.zeros(ids.shape)
+    mask[:, 2:6] = 1
+    backbone = plora.get_base_model().get_decoder()
+    with torch.no_grad(), plora_mask(plora, mask):
+        hidden = backbone(input_ids=ids).last_hidden_state
+    with torch.no_grad(), plora_mask(plora, mask):
+        full = plora(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    with torch.no_grad():
+        plain = backbone(input_ids=ids).last_hidden_state
+    assert torch.equal(hidden, full)
+    assert torch.equal(hidden[:, :2], plain[:, :2]) and not torch.allclose(hidden[:, 2:], plain[:, 2:], atol=1e-3)
+
+
 def test_all_ones_mask_equals_ordinary_peft_lora(pair):
     base, plora = pair
     lora = get_peft_model(copy.deepcopy(base), LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,

@@ -15,8 +15,8 @@ mechanism, so ``get_peft_model``/``save_pretrained`` write the usual ``adapter_m
 LoRA, applied to every token).
 
 How the mask reaches the layers. ``plora_mask(model, mask)`` stores a (B, L) mask whose columns are the positions of the
-*next* forward with sequence length L (the "anchor" forward); a forward pre-hook on the transformers model computes, for
-each forward, the mask of the positions that forward processes and hands it to every PLoRA layer:
+*next* forward with sequence length L (the "anchor" forward); a forward pre-hook on the LLM's decoder backbone computes,
+for each forward, the mask of the positions that forward processes and hands it to every PLoRA layer:
 
 * positions are absolute: ``past = cache.get_seq_length()``; the anchor fixes ``offset = past`` at that time;
   a forward over positions [past, past + L') uses mask columns [past - offset, past - offset + L'), zero outside;
@@ -123,9 +123,18 @@ def _attach(peft_model: PeftModel) -> PeftModel:
     state = _PLoraState()
     for m in layers:
         m.plora_state = state
-    base = peft_model.get_base_model()
-    base.register_forward_pre_hook(lambda module, args, kwargs: _select_mask(state, args, kwargs), with_kwargs=True)
+    _mask_hook_target(peft_model.get_base_model()).register_forward_pre_hook(
+        lambda module, args, kwargs: _select_mask(state, args, kwargs), with_kwargs=True
+    )
     return peft_model
+
+
+def _mask_hook_target(base: nn.Module) -> nn.Module:
+    """The decoder backbone (``LlamaModel`` inside ``LlamaForCausalLM``): every forward passes through it, both the
+    causal LM's (training, generate) and direct backbone calls that skip the full-vocabulary head."""
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    return decoder if isinstance(decoder, nn.Module) else base
 
 
 def apply_plora(model: nn.Module, lora_config: LoraConfig | dict | None = None) -> PeftModel:
