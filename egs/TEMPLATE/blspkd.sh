@@ -19,10 +19,13 @@
 #   8  export of a self-contained inference directory                                    -> ${expdir}/<tag>/export/
 #
 # Finished work is remembered by marker files and skipped (with a log line) unless the options that produced it changed;
-# --force true redoes it. Each stage writes an executable run_stage<N>.sh next to its output that re-runs exactly that
-# stage with the same options (extra options given to it are appended, e.g. `data/run_stage1.sh --force true`), and every
-# invocation is appended to ${expdir}/cmd.log.
+# --force true redoes it. Each stage writes an executable run_stage<N>.sh next to its output (stage 0: in ${expdir})
+# that re-runs exactly that stage with the same options (extra options given to it are appended, e.g.
+# `data/run_stage1.sh --force true`), and every invocation is appended to ${expdir}/cmd.log.
 set -euo pipefail
+# The whole script is one { ... } block: bash parses it completely before running it, so editing this file while a
+# run is in progress (it can last hours) cannot make the running copy execute a shifted line.
+{
 
 log() {
     local fname=${BASH_SOURCE[1]##*/}
@@ -215,7 +218,7 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ] && stage_requested 0; then
     if [ -f local/setup.sh ]; then
         # local/setup.sh is idempotent by contract: only the recipe knows what it prepares and how to check it.
         log "stage 0: recipe setup: local/setup.sh ${local_setup_opts}"
-        write_stage_script local/run_stage0.sh 0
+        write_stage_script "${expdir}/run_stage0.sh" 0
         # shellcheck disable=SC2086
         bash local/setup.sh ${local_setup_opts}
     else
@@ -327,3 +330,5 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && stage_requested 8; then
 fi
 
 log "successfully finished stages ${stage}-${stop_stage} in ${SECONDS} s"
+exit 0
+}
