@@ -262,3 +262,22 @@ def test_real_smollm2_oracle_kl_is_zero(request, monkeypatch):
                         lambda feats, lengths, num_tokens=None: CFormerOutput(oracle, mask, n, n.float(), oracle))
     out = model(**batch)
     assert out["input_kl"].item() < 1e-6 and out["stats"]["agreement"] == 1.0
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_on_gpu(tiny_blspkd_config):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    model = BlspKdModel(tiny_blspkd_config(losses=ALL_LOSSES, plora={"r": 4})).cuda()
+    batch = {k: v.cuda() for k, v in _batch(model).items()}
+    ref = model(**batch)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(**batch)
+    assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
+    assert out["input_kl"].item() == pytest.approx(ref["input_kl"].item(), rel=0.1, abs=1e-3)
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for _, p in model.trainable_named_parameters() if p.grad is not None)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        texts = model.eval().generate(batch["feats"], batch["feats_lengths"], max_new_tokens=4)
+    assert len(texts) == 3

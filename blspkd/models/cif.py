@@ -83,10 +83,12 @@ def integrate_and_fire(
             rows.append(k.clamp(max=n_max - 1) + bi * n_max)
             cols.append(frame_ids[bi, ti])
             vals.append(band(k, c_s, p_s, last_s))
-    weights = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]),
-                                      torch.cat(vals).to(hidden.dtype), (b_size * n_max, b_size * t_size),
-                                      check_invariants=False)
-    tokens = torch.sparse.mm(weights, hidden.reshape(-1, c_size))
+    # sparse matmul has no bf16/fp16 kernels: run it in fp32 (fp64 stays fp64) outside autocast, return hidden's dtype
+    work = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    weights = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals).to(work),
+                                      (b_size * n_max, b_size * t_size), check_invariants=False)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        tokens = torch.sparse.mm(weights, hidden.reshape(-1, c_size).to(work)).to(hidden.dtype)
     tokens = tokens.view(hidden.shape[0], n_max, hidden.shape[2])
     return tokens, token_mask, num_tokens
 
