@@ -40,6 +40,8 @@ def convert_gguf_llm(gguf_path: str | Path, out_dir: str | Path) -> Path:
     if result.missing_keys or result.unexpected_keys:  # strict=True raises first; kept for a readable message
         raise ValueError(f"{gguf_path}: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
     model.generation_config = loaded.generation_config
+    # The GGUF tokenizer comes without a length limit (1e30); the model's context length is the real one.
+    tokenizer.model_max_length = getattr(config, "max_position_embeddings", tokenizer.model_max_length)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
