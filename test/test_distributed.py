@@ -86,3 +86,31 @@ def test_two_slurm_nodes_one_torchrun_agent_each(slurm_cluster, tiny_whisper_dir
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:] + log[-4000:]
     assert re.search(r"torchrun node 0 of 2", log) and re.search(r"torchrun node 1 of 2", log)
     check_two_ranks(log, exp)
+
+
+def launch(args: list[str]) -> str:
+    r = subprocess.run(["utils/launch_train.sh", "--nproc_per_node", "2", "--", *args], cwd=REPO,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    return log
+
+
+@pytest.mark.slow
+def test_fsdp_on_gloo_trains_checkpoints_and_resumes_exactly(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs,
+                                                             tmp_path):
+    from safetensors.torch import load_file
+
+    base = (tiny_whisper_dir, tiny_llm_dir, train_dump_dirs)
+    log = launch(train_args(*base, tmp_path / "full", "--distributed", "fsdp"))
+    assert re.search(r"FSDP: sharded \d+ blocks \([^)]*LlamaDecoderLayer", log), "the LLM's blocks were not sharded"
+    assert "training complete: 3 updates" in log
+    launch(train_args(*base, tmp_path / "cut", "--distributed", "fsdp", "--stop_after_steps", "2"))
+    assert not (tmp_path / "cut" / ".completed").exists()
+    log = launch(train_args(*base, tmp_path / "cut", "--distributed", "fsdp"))
+    assert "resumed from" in log
+    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)

@@ -94,3 +94,12 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     if hasattr(t, "full_tensor"):
         t = t.full_tensor()
     return t.detach().cpu()
+
+
+def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``full`` cut the way ``param`` is sharded (a plain copy when ``param`` is not an FSDP DTensor)."""
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(param.device, param.dtype), param.device_mesh, param.placements)
+    return full.to(param.device)

@@ -196,23 +196,22 @@ class Trainer:
         return self.world > 1 and self.cfg.distributed == "fsdp"
 
     def _optimizer_state(self) -> dict:
+        """The optimizer state with full tensors (FSDP shards gathered), indexed like ``optimizer.state_dict()``."""
+        sd = self.optimizer.state_dict()
         if self._fsdp():
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            return get_optimizer_state_dict(
-                self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-            )
-        return self.optimizer.state_dict()
+            sd["state"] = {i: {k: D.full_tensor(v) if torch.is_tensor(v) and v.ndim else v for k, v in st.items()}
+                           for i, st in sd["state"].items()}
+        return sd
 
     def _restore(self, state: dict) -> None:
-        if self._fsdp():
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(
-                self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
-            )
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        optim_state = state["optimizer"]
+        if self._fsdp():  # cut the full tensors into this rank's shards, laid out like the parameters
+            ordered = [p for group in self.optimizer.param_groups for p in group["params"]]
+            optim_state["state"] = {
+                i: {k: D.shard_like(v, ordered[i]) if torch.is_tensor(v) and v.ndim else v for k, v in st.items()}
+                for i, st in optim_state["state"].items()
+            }
+        self.optimizer.load_state_dict(optim_state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
         self.skipped_steps = state.get("skipped_steps", 0)
@@ -272,7 +271,8 @@ class Trainer:
         # so creating a loader mid-epoch on resume leaves the training RNG stream exactly as in an uninterrupted run.
         gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.epoch)
         return DataLoader(
-            self.train_data, batch_sampler=self.sampler, collate_fn=self._collate_with_keys, num_workers=self.cfg.data.num_workers,
+            self.train_data, batch_sampler=self.sampler, collate_fn=self._collate_with_keys,
+            num_workers=self.cfg.data.num_workers,
             generator=gen, pin_memory=self.device.type == "cuda",
         )
 
@@ -486,8 +486,7 @@ class Trainer:
         weights = self.trainable_weights()
         if self.is_main:
             out = self.exp_dir / "model"
-            self.module.load_trainable_state_dict(weights) if self._fsdp() else None
-            self.module.save_pretrained(str(out))
+            self.module.save_pretrained(str(out), state_dict=weights)
             (self.exp_dir / ".completed").write_text(
                 f"step {self.step}\nskipped_steps {self.skipped_steps}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
             )
