@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 import pytest
@@ -187,3 +188,39 @@ def test_cli_end_to_end_in_subprocess(tiny_model_dir, decode_dump_dir, tmp_path)
     p = subprocess.run(base + ["--taks", "continuation"], capture_output=True, text=True)
     assert p.returncode == 2
     assert "error: command line: unknown key 'taks' (did you mean 'task'?)" in p.stderr
+
+
+@pytest.mark.slow
+def test_recipe_stages_6_to_8(tiny_model_dir, decode_dump_dir, tmp_path):
+    """blspkd.sh stages 6-8 in a throw-away recipe: sharded decoding (transcription + continuation), scoring,
+    RESULTS.md, export; a re-run finds every shard done."""
+    from fixtures.recipe import make_recipe, run_script
+
+    recipe = make_recipe(tmp_path / "egs" / "corpus")
+    shutil.copytree(decode_dump_dir, recipe / "dump" / "test")
+    shutil.copytree(tiny_model_dir, recipe / "exp" / "tiny" / "model")
+    (recipe / "conf" / "decode.yaml").write_text("max_new_tokens: 4\nbatch_size: 2\n")
+    args = ["./blspkd.sh", "--test_sets", "test", "--inference_model", "exp/tiny", "--inference_nj", "2",
+            "--decode_config", "conf/decode.yaml", "--stage", "6", "--stop_stage", "8"]
+    res = run_script(recipe, *args)
+    assert res.returncode == 0, res.stdout[-3000:]
+    exp = recipe / "exp" / "tiny"
+    keys = sorted(read_kv(decode_dump_dir / "text"))
+    for name, metric in (("decode_test", "WER"), ("decode_test_continuation", "align")):
+        assert [line.split(" ", 1)[0] for line in (exp / name / "hyp.txt").read_text().splitlines()] == keys
+        assert (exp / name / "log" / "decode.2.log").is_file()
+        assert metric in (exp / name / "result.txt").read_text()
+    assert yaml.safe_load((exp / "decode_test_continuation" / "decode_config.yaml").read_text())["task"] == \
+        "continuation"
+    assert "real-time factor" in res.stdout
+    results = (recipe / "RESULTS.md").read_text()
+    assert "| exp/tiny | test | WER (%) |" in results and "| exp/tiny | test_continuation | align BLEU |" in results
+    card = (exp / "export" / "README.md").read_text()
+    assert "| exp/tiny | test | WER (%) |" in card
+    assert json.loads((exp / "export" / "config.json").read_text())["llm"] == "base/llm"
+    assert os.access(exp / "run_stage6.sh", os.X_OK)
+
+    res = run_script(recipe, *args)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "already decoded with the same settings" in (exp / "decode_test" / "log" / "decode.1.log").read_text()
+    assert "already exported from the same model; skipping" in res.stdout

@@ -85,7 +85,8 @@ finetune_tag=""         # experiment name of stage 5 (empty: derived from the co
 # Decoding, scoring, export (stages 6-8)
 decode_config=""        # YAML of decoding
 decode_args=""          # overrides of decode_config keys
-inference_tag=""        # suffix of the decode_<set> directories (empty: derived from decode_config)
+inference_tag=""        # suffix of the decode_<set> directories (empty: none)
+inference_model=""      # model or exp dir stages 6-8 use (empty: the stage-5 exp, else stage 4's)
 score_args=""           # extra options for scoring
 export_args=""          # extra options for export
 # <<< options
@@ -314,19 +315,145 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && stage_requested 5; then
     not_implemented 5 "instruction tuning"
 fi
 
+# ---------------------------------------------------------------------------------------- stages 6-8: model to evaluate
+# The model directory stages 6-8 decode, score and export: --inference_model, else the experiment of stage 5 when it is
+# configured, else that of stage 4 (tags derived from the config file names as stages 4-5 derive them).
+inference_exp_dir() {
+    if [ -n "${inference_model}" ]; then
+        echo "${inference_model}"
+    elif [ -n "${finetune_tag}" ] || [ -n "${finetune_config}" ]; then
+        echo "${expdir}/${finetune_tag:-$(basename "${finetune_config%.*}")}"
+    elif [ -n "${pretrain_tag}" ] || [ -n "${pretrain_config}" ]; then
+        echo "${expdir}/${pretrain_tag:-$(basename "${pretrain_config%.*}")}"
+    else
+        die "stages 6-8 need a model: give --inference_model DIR, or --finetune_config/--pretrain_config (or their tags)"
+    fi
+}
+# The trained model inside it (save_pretrained output in <exp>/model, or the directory itself).
+inference_model_dir() {
+    local d=$1
+    if [ -f "${d}/model/config.json" ] && [ -f "${d}/model/model.safetensors" ]; then
+        echo "${d}/model"
+    elif [ -f "${d}/config.json" ] && [ -f "${d}/model.safetensors" ]; then
+        echo "${d}"
+    else
+        die "no trained model in ${d} (neither ${d}/model/ nor ${d} holds config.json + model.safetensors): run the" \
+            "training stages (4-5) to the end, or point --inference_model at a model directory"
+    fi
+}
+
 # ================================================================================================ stage 6: decoding
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
-    not_implemented 6 "decoding"
+    [ -n "${test_sets}" ] || die "stage 6 needs --test_sets"
+    exp=$(inference_exp_dir)
+    model=$(inference_model_dir "${exp}")
+    write_stage_script "${exp}/run_stage6.sh" 6
+    decode_opts=()
+    [ -z "${decode_config}" ] || decode_opts+=(--config "${decode_config}")
+    if ${gpu_inference}; then
+        _cmd="${cuda_cmd} --gpu 1"
+        decode_opts+=(--device cuda)
+    else
+        _cmd=${decode_cmd}
+        decode_opts+=(--device cpu)
+    fi
+    ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+    suffix=${inference_tag:+_${inference_tag}}
+    log "stage 6: decoding ${test_sets} with ${model} (${decode_config:-default settings} ${decode_args})"
+    for dset in ${test_sets}; do
+        src=${dumpdir}/${dset}
+        [ -f "${src}/.complete" ] || die "stage 6: ${src} is not a complete dump dir: run stage 2 (and 3) first"
+        num_utts=$(wc -l < "${src}/text")
+        _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
+        [ "${_nj}" -ge 1 ] || _nj=1
+        # CPU jobs share the cores instead of each starting one thread per core.
+        threads=$((ncores / _nj)); [ "${threads}" -ge 1 ] || threads=1
+        thread_opt=""
+        ${gpu_inference} || thread_opt="--num_threads ${threads}"
+        # The task of decode_config (transcription unless it says otherwise), and the behaviour-alignment pass:
+        # continuations from speech where stage 3 wrote the LLM's continuations from text (its 48-token limit).
+        passes=("decode_${dset}${suffix}|")
+        [ ! -f "${src}/continuation" ] || \
+            passes+=("decode_${dset}${suffix}_continuation|--task continuation --instruction null --max_new_tokens 48")
+        for pass in "${passes[@]}"; do
+            ddir=${exp}/${pass%%|*}
+            # shellcheck disable=SC2206
+            task_opts=(${pass#*|})
+            mkdir -p "${ddir}/log"
+            start=${SECONDS}
+            # Each shard skips itself when already decoded with the same settings and model (see blspkd/decode.py).
+            # shellcheck disable=SC2086
+            ${_cmd} ${thread_opt} JOB=1:"${_nj}" "${ddir}/log/decode.JOB.log" \
+                python -m blspkd.bin.decode "${decode_opts[@]}" --model_dir "${model}" --dump_dir "${src}" \
+                    --out_dir "${ddir}" --num_shards "${_nj}" --shard JOB "${task_opts[@]+"${task_opts[@]}"}" ${decode_args}
+            # shellcheck disable=SC2086
+            python -m blspkd.bin.decode "${decode_opts[@]}" --model_dir "${model}" --dump_dir "${src}" \
+                --out_dir "${ddir}" --num_shards "${_nj}" --merge true "${task_opts[@]+"${task_opts[@]}"}" ${decode_args} \
+                2>&1 | tee "${ddir}/log/merge.log"
+            [ -f "${ddir}/.complete" ] || die "stage 6: merging the shards of ${ddir} failed; see ${ddir}/log/merge.log"
+            log "stage 6: ${ddir}: ${num_utts} utterances in ${_nj} jobs, $((SECONDS - start)) s;" \
+                "$(grep -o 'real-time factor [0-9.]*, [0-9.]* generated tokens/s' "${ddir}/log/merge.log" | tail -n 1)"
+        done
+    done
+    log "stage 6 done (${SECONDS} s elapsed)"
 fi
 
 # ================================================================================================ stage 7: scoring
 if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
-    not_implemented 7 "scoring"
+    exp=$(inference_exp_dir)
+    write_stage_script "${exp}/run_stage7.sh" 7
+    suffix=${inference_tag:+_${inference_tag}}
+    n_scored=0
+    for dset in ${test_sets}; do
+        for ddir in "${exp}/decode_${dset}${suffix}" "${exp}/decode_${dset}${suffix}_continuation"; do
+            [ -f "${ddir}/.complete" ] || continue
+            # Stage 6 wrote the task's references next to the hypotheses (text, continuation, translation, response).
+            task=$(sed -n 's/^task: *//p' "${ddir}/decode_config.yaml")
+            case ${task} in
+                transcription|plain) metric=all;       missing_opt="" ;;
+                translation)         metric=bleu,chrf; missing_opt="--allow_missing" ;;
+                *)                   metric=align;     missing_opt="--allow_missing" ;;
+            esac
+            if [ ! -f "${ddir}/ref.txt" ]; then
+                log "stage 7: ${ddir}: no references for task ${task} in ${dumpdir}/${dset}; not scored"
+                continue
+            fi
+            log "stage 7: scoring ${ddir} (task ${task}, ${metric})"
+            # shellcheck disable=SC2086
+            python -m blspkd.bin.score --ref "${ddir}/ref.txt" --hyp "${ddir}/hyp.txt" --metric "${metric}" --lang en \
+                --out_dir "${ddir}" ${missing_opt} ${score_args} 2>&1 | tee "${ddir}/score.log"
+            n_scored=$((n_scored + 1))
+        done
+    done
+    [ "${n_scored}" -ge 1 ] || die "stage 7: nothing to score: no complete ${exp}/decode_<set>${suffix}[_continuation]" \
+        "for test sets '${test_sets}'; run stage 6 first"
+    python -m blspkd.bin.score --aggregate "${expdir}" --results_md RESULTS.md
+    log "stage 7 done: ${n_scored} decode dirs scored, RESULTS.md written (${SECONDS} s elapsed)"
 fi
 
 # ================================================================================================ stage 8: export
 if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && stage_requested 8; then
-    not_implemented 8 "export"
+    exp=$(inference_exp_dir)
+    model=$(inference_model_dir "${exp}")
+    out=${exp}/export
+    results_opt=()
+    [ ! -f RESULTS.md ] || results_opt=(--results_md RESULTS.md)
+    # The model, the options and the results (RESULTS.md without its generation-time comment) decide the export.
+    signature="${export_args} | $(cat "${model}/config.json" "${model}/model.safetensors" | md5sum | cut -d' ' -f1)"
+    [ ! -f RESULTS.md ] || signature+=" | $(grep -v '^<!-- Generated' RESULTS.md | md5sum | cut -d' ' -f1)"
+    if [ -f "${out}/export_info.json" ] && marker_matches "${exp}/.stage8.args" "${signature}"; then
+        log "stage 8: ${out} already exported from the same model; skipping (--force true redoes it)"
+    else
+        write_stage_script "${exp}/run_stage8.sh" 8
+        rm -f "${exp}/.stage8.args"
+        log "stage 8: exporting ${model} to ${out} ${export_args}"
+        # shellcheck disable=SC2086
+        python -m blspkd.bin.export --model_dir "${model}" --out_dir "${out}" "${results_opt[@]+"${results_opt[@]}"}" \
+            ${export_args}
+        echo "${signature}" > "${exp}/.stage8.args"
+        log "stage 8: try it: python -m blspkd.bin.infer --model ${out} --audio <file.wav>"
+    fi
+    log "stage 8 done (${SECONDS} s elapsed)"
 fi
 
 log "successfully finished stages ${stage}-${stop_stage} in ${SECONDS} s"
