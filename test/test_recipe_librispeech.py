@@ -206,3 +206,37 @@ def test_train_cli_print_config():
     assert proc.returncode == 0, proc.stderr
     assert "llm: downloads/Qwen2.5-7B-Instruct" in proc.stdout
     assert "grad_accum: 4" in proc.stdout
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_slurm_conf_dry_run_for_8_gpus(tmp_path, nodes):
+    """conf/slurm.conf parses, and a training job for 8 GPUs (x 2 nodes) becomes the expected sbatch + srun lines."""
+    recipe = recipe_sandbox(tmp_path, "librispeech")
+    cmd = ["utils/run_slurm.py", "--config", "conf/slurm.conf", "--dry_run", "--gpu", "8", "--time", "3-00:00:00",
+           "--num_nodes", str(nodes), "exp/pretrain/train.log", "utils/launch_train.sh", "--ngpu", "8", "--", "-m",
+           "blspkd.bin.train", "--config", "conf/pretrain.yaml"]
+    out = run(cmd, recipe).stdout
+    sbatch = next(line for line in out.splitlines() if line.startswith("sbatch "))
+    assert "-p gpu --gres=gpu:8 --cpus-per-gpu 8 --constraint=gpu80gb" in sbatch
+    assert "--time 3-00:00:00" in sbatch
+    assert "utils/launch_train.sh --ngpu 8 -- -m blspkd.bin.train --config conf/pretrain.yaml" in out
+    if nodes == 2:
+        assert "--nodes 2" in sbatch
+        assert "srun --export=ALL --ntasks=2 --kill-on-bad-exit=1" in out
+    else:
+        assert "--nodes 1 " in sbatch and "srun" not in out
+
+
+def test_adding_a_corpus_with_setup_sh(tmp_path, fake_librispeech):
+    """egs/TEMPLATE/setup.sh + a local/data.sh (here: parts of LibriSpeech as a 'new corpus') = a working stage 1."""
+    sandbox = recipe_sandbox(tmp_path, "librispeech").parent  # a stand-in egs/ whose TEMPLATE is the checkout's
+    new = sandbox / "my_corpus"
+    run([str(sandbox / "TEMPLATE" / "setup.sh"), str(new)], sandbox)
+    (new / "local" / "data.sh").write_text(
+        "#!/usr/bin/env bash\nset -euo pipefail\n"
+        f"python3 {RECIPE / 'local' / 'prepare_librispeech.py'} --librispeech_dir {fake_librispeech.root} "
+        "--out_dir data --subsets dev-clean dev-other --combine train=dev-clean --combine dev=dev-other "
+        "--combine test=dev-other\n")
+    proc = run(["./run.sh", "--stage", "1", "--stop_stage", "1"], new)
+    assert "stage 1: data/train: 4 utterances, valid" in proc.stdout
+    assert validate_data_dir(new / "data" / "test") == []
