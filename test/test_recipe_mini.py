@@ -173,3 +173,25 @@ def test_mini_recipe_stages_0_to_2(tmp_path, real_models, monkeypatch):
     assert res.returncode == 0
     assert "data already prepared with the same options" in res.stdout
     assert res.stdout.count("already complete with the same options; skipping") == 4
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@needs_fortunes
+@needs_librivox
+def test_mini_recipe_stages_1_2_on_slurm(tmp_path, slurm_cluster, tiny_whisper_dir, monkeypatch):
+    """The same stages with --cmd_backend slurm: stage 2's jobs become an sbatch array on the localhost cluster."""
+    recipe = make_recipe(tmp_path / "egs" / "mini_espeak", MINI)
+    env = {**slurm_cluster.env, "BLSPKD_SLURM_CONF": str(slurm_cluster.conf)}
+    res = run_script(recipe, "./run.sh", "--stage", "1", "--stop_stage", "2", "--nj", "2", "--cmd_backend", "slurm",
+                     "--speech_encoder", str(tiny_whisper_dir),
+                     "--local_data_opts", "--num_train 8 --num_dev 2 --num_test 2", env=env)
+    assert res.returncode == 0, res.stdout[-5000:]
+    assert "cmd_backend=slurm" in res.stdout
+    monkeypatch.chdir(recipe)
+    for name, size in {"train": 8, "dev": 2, "test": 2, "test_real": 5}.items():
+        assert len(load_scp(recipe / "dump" / name / "feats.scp")) == size
+        log_dir = recipe / "dump" / name / "log"
+        assert len(list(log_dir.glob("extract.*.log"))) == 2
+        # run_slurm.py leaves the sbatch array script and Slurm's per-task output in <log dir>/q/
+        assert "SLURM_ARRAY_TASK_ID" in (log_dir / "q" / "extract.sh").read_text()
