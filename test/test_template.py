@@ -236,7 +236,15 @@ def test_stage2_features_filter_markers(recipe_dir, tiny_corpus, tiny_whisper_di
     assert "spk1-short" not in load_scp(recipe_dir / "dump" / "train" / "feats.scp")
     res = run_script(recipe_dir, *args)
     assert res.returncode == 0 and res.stdout.count("already complete with the same options; skipping") == 2
-    # The stage's re-run script, with --force, redoes it; changed options redo only the affected set.
+    # After a killed run (shard 2 and the merge missing), stage 2 again redoes only the missing shard.
+    (recipe_dir / "dump" / "train" / ".complete").unlink()
+    (recipe_dir / "dump" / "train" / "shards" / "done.2").unlink()
+    res = run_script(recipe_dir, *args)
+    assert res.returncode == 0, res.stdout
+    assert "already done" in (recipe_dir / "dump" / "train" / "log" / "extract.1.log").read_text()
+    assert "already done" not in (recipe_dir / "dump" / "train" / "log" / "extract.2.log").read_text()
+    assert len(load_scp(recipe_dir / "dump" / "train" / "feats.scp")) == 4
+    # Changed options redo only the affected set.
     assert "--stage 2 --stop_stage 2" in (recipe_dir / "dump" / "run_stage2.sh").read_text()
     res = run_script(recipe_dir, *args, "--min_duration", "0.01")
     assert res.returncode == 0, res.stdout
