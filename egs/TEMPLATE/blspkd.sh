@@ -232,7 +232,9 @@ fi
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ] && stage_requested 1; then
     [ -n "${sets}" ] || die "stage 1 needs the data sets: give --train_set/--valid_set/--test_sets"
     [ -f local/data.sh ] || die "stage 1: local/data.sh not found in $(pwd); every recipe writes one (see egs/TEMPLATE)"
-    signature="local/data.sh ${local_data_opts} | sets: $(echo ${sets}) | $(md5sum < local/data.sh | cut -d' ' -f1)"
+    # Any change to the recipe's local/ scripts (data.sh and the programs it calls) invalidates the prepared data.
+    local_md5=$(find local -type f -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs cat | md5sum | cut -d' ' -f1)
+    signature="local/data.sh ${local_data_opts} | sets: $(echo ${sets}) | local/: ${local_md5}"
     if marker_matches data/.stage1.complete "${signature}"; then
         log "stage 1: data already prepared with the same options (data/.stage1.complete); skipping (--force true redoes it)"
     else
