@@ -81,7 +81,7 @@ def test_sampler_shards_over_ranks_and_resumes_mid_epoch():
     assert list(s) == mine[1][2:]
 
 
-# ---------------------------------------------------------------------------------------------------- schedule, precision
+# ------------------------------------------------------------------------------------------ schedule, precision
 def test_lr_schedule_warmup_then_linear_decay():
     f = lr_lambda(warmup=4, total=12)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -166,6 +166,19 @@ def test_print_config_prints_every_key():
     walk(printed)
     assert flat == set(flat_keys(TrainConfig))
     assert printed["model"]["temperature"] == 1.5 and printed["model"]["losses"] == {"input_kl": 1.0, "cif": 1.0}
+
+
+@pytest.mark.parametrize("name", ["pretrain.yaml", "finetune.yaml", "tiny/pretrain.yaml", "tiny/finetune.yaml"])
+def test_recipe_configs_load_and_their_model_sections_are_valid(name):
+    from blspkd.models import BlspKdConfig
+    from blspkd.train.dataset import task_instruction
+    from blspkd.utils.config import from_yaml_file
+
+    cfg = from_yaml_file(TrainConfig, REPO / "egs/mini_espeak/conf" / name)
+    BlspKdConfig(**cfg.model)  # raises on an unknown adapter key or loss name
+    unknown = set(cfg.model) - set(BlspKdConfig().to_dict())
+    assert not unknown, unknown
+    assert all(task_instruction(t) is None or task_instruction(t).strip() for t in cfg.data.tasks)
 
 
 def test_unknown_model_key_is_an_error(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs, tmp_path):

@@ -444,7 +444,8 @@ class Trainer:
         totals = dict(zip(["batches", "utts"] + keys,
                           D.all_reduce_sum([sums["batches"], sums["utts"]] + [sums[k] for k in keys], self.device)))
         n = max(totals["batches"], 1.0)
-        result = {k.split("/", 1)[1]: totals[k] / n for k in keys if k != "stat/num_tokens"}
+        counts = ("stat/num_tokens", "stat/batch_size", "stat/response_tokens")  # sizes, not quality measures
+        result = {k.split("/", 1)[1]: totals[k] / n for k in keys if k not in counts}
         if self.is_main:
             logger.info("validation at step %d (%d utterances, %.1f s): %s", self.step, int(totals["utts"]),
                         time.time() - t0, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
