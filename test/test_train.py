@@ -273,7 +273,6 @@ def test_non_finite_features_are_an_error_naming_file_and_key(tmp_path):
         data[(0, "spk0-utt000", 0)]
 
 
-@pytest.mark.slow
 def test_stage5_finetune_from_pretrained_with_plora_and_task_mix(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs,
                                                                  tmp_path, caplog):
     args = (tiny_whisper_dir, tiny_llm_dir, train_dump_dirs)
