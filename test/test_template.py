@@ -78,6 +78,10 @@ def test_help_lists_every_option_with_its_default(recipe_dir):
     assert res.returncode == 0
     assert re.search(r'^  --stop_stage .*\(default: "2"\)$', res.stdout, flags=re.M)
     assert re.search(r'^  --test_sets .*\(default: "a b"\)$', res.stdout, flags=re.M)
+    # "--help" as the value of an option is that value, not a request for help.
+    res = run_script(recipe_dir, "./blspkd.sh", "--decode_args", "--help", "--help")
+    assert res.returncode == 0
+    assert re.search(r'^  --decode_args .*\(default: "--help"\)$', res.stdout, flags=re.M)
 
 
 @pytest.mark.parametrize(

@@ -110,9 +110,17 @@ print_help() {
 # --help prints the effective values, so parse everything else first (run.sh puts its options before "$@").
 want_help=false
 parse_args=()
+is_value=false  # every option takes a value: the word after "--name" is that value, even if it reads "--help"
 for arg in "$@"; do
+    if ${is_value}; then
+        parse_args+=("${arg}")
+        is_value=false
+        continue
+    fi
     case "${arg}" in
         -h|--help) want_help=true ;;
+        --*=*) parse_args+=("${arg}") ;;
+        --*) parse_args+=("${arg}"); is_value=true ;;
         *) parse_args+=("${arg}") ;;
     esac
 done
