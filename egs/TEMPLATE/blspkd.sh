@@ -312,17 +312,99 @@ fi
 
 # ================================================================================================ stage 3: teacher data
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
-    not_implemented 3 "teacher data"
+    [ -n "${sets}" ] || die "stage 3 needs the data sets: give --train_set/--valid_set/--test_sets"
+    [ -n "${llm}" ] || die "stage 3 needs --llm (a chat causal-LM directory: the teacher)"
+    write_stage_script "${dumpdir}/run_stage3.sh" 3
+    for dset in ${sets}; do
+        out=${dumpdir}/${dset}
+        [ -f "${out}/.complete" ] || die "stage 3: ${out} is not a complete dump dir: run stage 2 first"
+        mkdir -p "${out}/log"
+        # Token counts (the CIF targets N) for every set: seconds, no generation.
+        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" --task tokens \
+            2>&1 | tee "${out}/log/utt2num_tokens.log"
+        num_utts=$(wc -l < "${out}/text")
+        _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
+        # Shards are keyed by (shard, nj): a changed nj, LLM, option or text starts the continuations afresh.
+        signature="llm=$(cd "${llm}" && pwd) nj=${_nj} ${teacher_args} | $(md5sum < "${out}/text" | cut -d' ' -f1)"
+        if [ -f "${out}/continuation" ] && marker_matches "${out}/.stage3.complete" "${signature}"; then
+            log "stage 3: ${out}/continuation already made with the same options; skipping (--force true redoes it)"
+            continue
+        fi
+        if [ -d "${out}/teacher" ] && { ${force} || [ "$(cat "${out}/.stage3.args" 2>/dev/null)" != "${signature}" ]; }; then
+            log "stage 3: removing ${out}/teacher (written with other options, or --force)"
+            rm -rf "${out}/teacher"
+        fi
+        rm -f "${out}/.stage3.complete"
+        echo "${signature}" > "${out}/.stage3.args"
+        _cmd=${decode_cmd}
+        _opts=""
+        if ${gpu_inference}; then _cmd=${cuda_cmd}; _opts="--gpu 1"; fi
+        log "stage 3: teacher continuations of ${out} (${num_utts} utterances) in ${_nj} jobs" \
+            "(logs: ${out}/log/teacher.*.log; resumable: re-running redoes only what is missing)"
+        # shellcheck disable=SC2086
+        ${_cmd} ${_opts} JOB=1:"${_nj}" "${out}/log/teacher.JOB.log" \
+            python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" \
+                --num_shards "${_nj}" --shard JOB ${teacher_args}
+        # shellcheck disable=SC2086
+        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" --num_shards "${_nj}" --merge true \
+            ${teacher_args} 2>&1 | tee "${out}/log/teacher_merge.log"
+        echo "${signature}" > "${out}/.stage3.complete"
+    done
+    log "stage 3 done (${SECONDS} s elapsed)"
 fi
+
+# Stages 4-5: one torchrun agent per node (utils/launch_train.sh) started through ${cuda_cmd}; with --num_nodes > 1
+# the Slurm backend runs it once per node through srun and the agents meet in one c10d rendezvous. Re-running a stage
+# resumes from the newest checkpoint; <exp>/.completed marks a finished run (delete the exp dir to train again).
+run_training() {  # run_training <stage> <config> <exp dir> <extra args...>
+    local n=$1 config=$2 exp=$3
+    shift 3
+    [ -n "${config}" ] || die "stage ${n} needs its training config (--pretrain_config / --finetune_config)"
+    [ -n "${speech_encoder}" ] && [ -n "${llm}" ] || die "stage ${n} needs --speech_encoder and --llm"
+    [ -f "${dumpdir}/${train_set}/.complete" ] || die "stage ${n}: ${dumpdir}/${train_set} is incomplete: run stage 2"
+    if [ -f "${exp}/.completed" ] && ! ${force}; then
+        log "stage ${n}: ${exp} already trained ($(head -n 1 "${exp}/.completed")); skipping (--force true retrains)"
+        return 0
+    fi
+    if ${force} && [ -d "${exp}" ]; then
+        log "stage ${n}: --force: removing ${exp}"
+        rm -rf "${exp}"
+    fi
+    mkdir -p "${exp}/log"
+    write_stage_script "${exp}/run_stage${n}.sh" "${n}"
+    local valid=()
+    [ -z "${valid_set}" ] || valid=(--data.valid "[${dumpdir}/${valid_set}]")
+    log "stage ${n}: training ${exp} on ${num_nodes} node(s) x $((ngpu > 0 ? ngpu : 1)) process(es)" \
+        "(log: ${exp}/log/train.log; TensorBoard: ${exp}/tensorboard)"
+    # shellcheck disable=SC2086
+    ${cuda_cmd} --gpu "${ngpu}" --num_nodes "${num_nodes}" "${exp}/log/train.log" \
+        utils/launch_train.sh --ngpu "${ngpu}" -- -m blspkd.bin.train --config "${config}" --exp_dir "${exp}" \
+            --model.speech_encoder "${speech_encoder}" --model.llm "${llm}" \
+            --data.train "[{path: ${dumpdir}/${train_set}}]" "${valid[@]+"${valid[@]}"}" "$@"
+    [ -f "${exp}/.completed" ] || die "stage ${n}: training stopped before the end (no ${exp}/.completed); see" \
+        "${exp}/log/train.log. Re-run the stage to resume from the newest checkpoint."
+}
 
 # ================================================================================================ stage 4: KD pretraining
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && stage_requested 4; then
-    not_implemented 4 "KD pretraining"
+    # shellcheck disable=SC2086
+    run_training 4 "${pretrain_config}" "${expdir}/${pretrain_tag:-$(basename "${pretrain_config%.*}")}" ${pretrain_args}
+    log "stage 4 done (${SECONDS} s elapsed)"
 fi
 
 # ================================================================================================ stage 5: instruction tuning
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && stage_requested 5; then
-    not_implemented 5 "instruction tuning"
+    pre_exp=${expdir}/${pretrain_tag:-$(basename "${pretrain_config%.*}")}
+    init=()
+    if [ -n "${pretrain_config}${pretrain_tag}" ]; then
+        [ -f "${pre_exp}/model/model.safetensors" ] || die "stage 5 starts from stage 4's model, but" \
+            "${pre_exp}/model is missing: run stage 4 first (or drop --pretrain_config to fine-tune from scratch)"
+        init=(--init_from "${pre_exp}/model")
+    fi
+    # shellcheck disable=SC2086
+    run_training 5 "${finetune_config}" "${expdir}/${finetune_tag:-$(basename "${finetune_config%.*}")}" \
+        "${init[@]+"${init[@]}"}" ${finetune_args}
+    log "stage 5 done (${SECONDS} s elapsed)"
 fi
 
 # ---------------------------------------------------------------------------------------- stages 6-8: model to evaluate
