@@ -33,7 +33,9 @@ case "${cmd_backend}" in
   slurm)
     slurm_conf=${BLSPKD_SLURM_CONF:-conf/slurm.conf}
     export train_cmd="utils/run_slurm.py --config ${slurm_conf}"
-    export cuda_cmd="utils/run_slurm.py --config ${slurm_conf}"
+    # utils/submit_recipe.sh sets BLSPKD_CUDA_CMD=utils/run_allocation.py: GPU jobs then use the batch job's own
+    # allocation (no srun nested in srun) while CPU jobs still go to job arrays.
+    export cuda_cmd="${BLSPKD_CUDA_CMD:-utils/run_slurm.py --config ${slurm_conf}}"
     export decode_cmd="utils/run_slurm.py --config ${slurm_conf}"
     ;;
   *)
