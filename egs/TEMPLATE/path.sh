@@ -2,9 +2,10 @@
 # Recipes link it (egs/<corpus>/path.sh -> ../TEMPLATE/path.sh); the link is resolved, so MAIN_ROOT is the checkout.
 MAIN_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
 export MAIN_ROOT
+# First use on a fresh machine: install everything (tools/install.sh is idempotent; later runs skip this).
 if [ ! -f "${MAIN_ROOT}/tools/venv/bin/activate" ]; then
-    echo "path.sh: ${MAIN_ROOT}/tools/venv is not installed: run ${MAIN_ROOT}/tools/install.sh first" >&2
-    return 1 2>/dev/null || exit 1
+    echo "path.sh: ${MAIN_ROOT}/tools/venv is missing: running tools/install.sh (once, a few minutes)" >&2
+    bash "${MAIN_ROOT}/tools/install.sh" >&2 || { echo "path.sh: tools/install.sh failed (see above)" >&2; return 1 2>/dev/null || exit 1; }
 fi
 # shellcheck disable=SC1091
 . "${MAIN_ROOT}/tools/activate.sh"
