@@ -16,7 +16,8 @@ train_set=train                                           # union of the trainin
 valid_set=dev_clean
 test_sets="dev_clean dev_other test_clean test_other"
 
-# Local Hugging Face directories; stage 0 (local/setup.sh) fetches them once when they are missing and a hub is reachable.
+# Local Hugging Face directories; stage 0 (local/setup.sh) checks them and prints the download command when one is
+# missing (add --local_setup_opts "... --allow_download true" to let it download them once).
 speech_encoder=downloads/whisper-large-v2                  # openai/whisper-large-v2 (the paper's); v3: whisper-large-v3
 llm=downloads/Qwen2.5-7B-Instruct                          # Qwen/Qwen2.5-7B-Instruct
 

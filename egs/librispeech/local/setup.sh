@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Stage 0: make sure the pretrained models exist as local Hugging Face directories; fetch missing ones from the hub.
+# Stage 0: make sure the pretrained models exist as local Hugging Face directories; with --allow_download true, fetch
+# missing ones from the hub (the toolkit is offline by default: HF_HUB_OFFLINE=1, nothing is downloaded unasked).
 #
-# Usage: local/setup.sh --speech_encoder downloads/whisper-large-v2 --llm downloads/Qwen2.5-7B-Instruct
+# Usage: local/setup.sh --speech_encoder downloads/whisper-large-v2 --llm downloads/Qwen2.5-7B-Instruct [--allow_download true]
 #
-# A directory that already holds config.json is used as it is (no network). A missing one is downloaded with
+# A directory that already holds config.json is used as it is (no network). A missing one is an error that prints the
+# download command; with --allow_download true it is downloaded with
 # `hf download <hub id> --local-dir <dir>` (huggingface_hub's CLI; gated models such as Llama 3 need `hf auth login`
 # first), the hub id being known from the directory name: whisper-large-v2, whisper-large-v3, whisper-medium, ...
 # (openai/), Qwen2.5-*-Instruct (Qwen/), Meta-Llama-3-8B-Instruct, Llama-3.1-8B-Instruct (meta-llama/).
@@ -12,7 +14,8 @@ set -euo pipefail
 
 speech_encoder=""
 llm=""
-help_message=$(sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//')
+allow_download=false
+help_message=$(sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//')
 # shellcheck disable=SC1091
 . utils/parse_options.sh
 
@@ -40,6 +43,12 @@ for dir in ${speech_encoder} ${llm}; do
     }
     command -v hf > /dev/null || { echo "local/setup.sh: ${dir} is missing and the 'hf' CLI (huggingface_hub) is" \
         "not installed; pip install huggingface_hub, or copy the model directory there" >&2; exit 1; }
+    if ! ${allow_download}; then
+        echo "local/setup.sh: ${dir}/config.json not found. Download it once (network needed):" >&2
+        echo "    HF_HUB_OFFLINE=0 hf download ${id} --local-dir ${dir}" >&2
+        echo "  or re-run this script with --allow_download true, or copy a Hugging Face model directory there" >&2
+        exit 1
+    fi
     echo "local/setup.sh: downloading ${id} into ${dir}"
     if ! HF_HUB_OFFLINE=0 hf download "${id}" --local-dir "${dir}" \
             --exclude "*.pt" --exclude "*.bin" --exclude "*.msgpack" --exclude "*.h5"; then
