@@ -41,14 +41,14 @@ for dir in ${speech_encoder} ${llm}; do
              "put a Hugging Face model directory there (save_pretrained output) or name a known model" >&2
         exit 1
     }
-    command -v hf > /dev/null || { echo "local/setup.sh: ${dir} is missing and the 'hf' CLI (huggingface_hub) is" \
-        "not installed; pip install huggingface_hub, or copy the model directory there" >&2; exit 1; }
     if ! ${allow_download}; then
         echo "local/setup.sh: ${dir}/config.json not found. Download it once (network needed):" >&2
         echo "    HF_HUB_OFFLINE=0 hf download ${id} --local-dir ${dir}" >&2
         echo "  or re-run this script with --allow_download true, or copy a Hugging Face model directory there" >&2
         exit 1
     fi
+    command -v hf > /dev/null || { echo "local/setup.sh: ${dir} is missing and the 'hf' CLI (huggingface_hub) is" \
+        "not installed; pip install huggingface_hub, or copy the model directory there" >&2; exit 1; }
     echo "local/setup.sh: downloading ${id} into ${dir}"
     if ! HF_HUB_OFFLINE=0 hf download "${id}" --local-dir "${dir}" \
             --exclude "*.pt" --exclude "*.bin" --exclude "*.msgpack" --exclude "*.h5"; then
