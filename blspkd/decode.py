@@ -36,6 +36,7 @@ padding and the prompts are left-padded with positions following the attention m
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -205,8 +206,21 @@ def decode_settings(cfg: DecodeConfig, model_dir: Path) -> dict:
     settings["dump_dir"] = str(Path(cfg.dump_dir).resolve())
     settings["model_config_sha256"] = sha256_or_none(model_dir / "config.json")
     settings["model_weights_sha256"] = sha256_or_none(model_dir / "model.safetensors")
+    settings["dump_fingerprint"] = dump_fingerprint(Path(cfg.dump_dir), cfg.task)
     settings["generate_kwargs"] = {k: v for k, v in generation_kwargs(cfg).items() if v is not None}
     return settings
+
+
+def dump_fingerprint(dump_dir: Path, task: str) -> str:
+    """sha256 of what the hypotheses and records depend on in the dump dir, so that a shard decoded before the dump
+    dir was rebuilt (stage 2 or 3 re-run: new .complete marker) is decoded again rather than reused."""
+    h = hashlib.sha256()
+    for name in ("text", "feats.scp", "utt2num_frames", "instruction", REFERENCE_FILE[task], ".complete"):
+        path = dump_dir / name
+        if path.is_file():
+            h.update(f"{name} {path.stat().st_mtime_ns if name == '.complete' else ''}\n".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 # ---- one shard -------------------------------------------------------------------------------------------------------

@@ -239,3 +239,14 @@ def test_decode_on_gpu(tiny_model_dir, decode_dump_dir, tmp_path):
     assert json.loads((tmp_path / "gpu/decode_stats.json").read_text())["device"].startswith("cuda")
     same = sum(a["hypothesis"] == b["hypothesis"] for a, b in zip(cpu, gpu))
     print(f"GPU vs CPU: {same} of {len(cpu)} hypotheses identical")  # TF32/kernel differences may flip a token
+
+
+def test_rebuilt_dump_dir_is_decoded_again(model, tiny_model_dir, decode_dump_dir, tmp_path, caplog):
+    dump = tmp_path / "dump"
+    shutil.copytree(decode_dump_dir, dump)
+    cfg = _cfg(tiny_model_dir, dump, tmp_path / "o")
+    run(cfg, model=model)
+    (dump / ".complete").write_text("rebuilt\n")  # stage 2 ran again
+    caplog.set_level("INFO")
+    run(cfg, model=model)
+    assert "already decoded" not in caplog.text
