@@ -76,6 +76,7 @@ feats_args=""           # extra options for python -m blspkd.bin.extract_feats
 teacher_args=""         # extra options for the teacher data generation
 # Training (stages 4-5)
 train_config=""         # YAML shared by both training stages (optional)
+warmstart_config=""     # YAML of an optional first phase of stage 4 (cif_ce warm start); KD starts from its model
 pretrain_config=""      # YAML of KD pretraining (stage 4)
 finetune_config=""      # YAML of instruction tuning (stage 5)
 pretrain_args=""        # overrides of pretrain_config keys, e.g. "--lr 2e-4 --max_steps 100"
@@ -387,8 +388,15 @@ run_training() {  # run_training <stage> <config> <exp dir> <extra args...>
 
 # ================================================================================================ stage 4: KD pretraining
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && stage_requested 4; then
+    warm=()
+    if [ -n "${warmstart_config}" ]; then  # phase 1 of stage 4 (method.md 7): the KD phase starts from its model
+        warm_exp=${expdir}/$(basename "${warmstart_config%.*}")
+        run_training 4 "${warmstart_config}" "${warm_exp}"
+        warm=(--init_from "${warm_exp}/model")
+    fi
     # shellcheck disable=SC2086
-    run_training 4 "${pretrain_config}" "${expdir}/${pretrain_tag:-$(basename "${pretrain_config%.*}")}" ${pretrain_args}
+    run_training 4 "${pretrain_config}" "${expdir}/${pretrain_tag:-$(basename "${pretrain_config%.*}")}" \
+        "${warm[@]+"${warm[@]}"}" ${pretrain_args}
     log "stage 4 done (${SECONDS} s elapsed)"
 fi
 
