@@ -112,6 +112,27 @@ def test_forward_returns_losses_stats_and_gradients(tiny_blspkd_config):
     assert lora_b and all(g is not None for g in lora_b)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_blspkd_config):
+    """Training mode, dropout 0: PLoRA and adapter gradients with activation checkpointing equal those without, though
+    backward runs after the model left its PLoRA mask context (as in the trainer)."""
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = BlspKdModel(tiny_blspkd_config(losses=ALL_LOSSES, plora={"r": 4, "lora_dropout": 0.0},
+                                               adapter={"post_cif_dropout": 0.0})).train()
+        _randomize_plora(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.backbone.layers)
+        model(**_batch(model))["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.trainable_named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    assert any("lora_A" in n for n in grads[0]) and any(n.startswith("adapter.") for n in grads[0])
+    assert any(grads[0][n].abs().sum() > 0 for n in grads[0] if "lora_A" in n)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
+
+
 def test_teacher_is_the_base_llm_without_grad_and_ignores_plora(tiny_blspkd_config, tiny_llm_dir):
     model = BlspKdModel(tiny_blspkd_config(plora={"r": 4}))
     _randomize_plora(model)

@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from blspkd.models.plora import PLoraLinear, apply_plora, load_plora, plora_mask
+from blspkd.models.plora import PLoraLinear, apply_plora, enable_gradient_checkpointing, load_plora, plora_mask
 
 VOCAB = 97
 
@@ -252,7 +252,10 @@ def test_gradients_reach_only_masked_positions_adapters(pair):
     assert any(g.abs().sum() > 0 for g in grads.values())
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("backward_inside_context", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients(backward_inside_context):
+    """Recomputed layers get the mask of their own forward: inside the context, after it has exited, and while a
+    different mask (another forward) is set."""
     base = _tiny("llama")
     ids = _ids()
     mask = torch.zeros(ids.shape)
@@ -263,13 +266,32 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         _randomise_lora(model)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        with plora_mask(model, mask):  # backward inside the context: recomputed layers read the same mask
-            model(input_ids=ids, use_cache=False).logits.pow(2).mean().backward()
+            enable_gradient_checkpointing(model)
+        with plora_mask(model, mask):
+            loss = model(input_ids=ids, use_cache=False).logits.pow(2).mean()
+            if backward_inside_context:
+                loss.backward()
+        if not backward_inside_context:
+            with plora_mask(model, torch.ones(ids.shape)):  # a later forward's mask must not leak into the recompute
+                model(input_ids=ids, use_cache=False)
+            loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_checkpointing_without_the_mask_context_is_refused():
+    model = apply_plora(_tiny("llama"), {"lora_dropout": 0.0}).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids = _ids()
+    with pytest.raises(RuntimeError, match=re.escape(
+            "was enabled without PLoRA's recompute context, so its recomputation in backward would not see the token "
+            "mask (wrong LoRA gradients); enable it with blspkd.models.plora.enable_gradient_checkpointing(model)")):
+        with plora_mask(model, torch.ones(ids.shape)):
+            model(input_ids=ids, use_cache=False)
+    with torch.no_grad(), plora_mask(model, torch.ones(ids.shape)):  # no backward, no recomputation: allowed
+        model(input_ids=ids, use_cache=False)
 
 
 def test_clear_errors():

@@ -71,7 +71,6 @@ class BlspKdModel(nn.Module):
         a = dict(config.adapter)
         self.adapter = CFormer(input_dim=self.speech_encoder.output_dim, llm_dim=self._causal_lm().config.hidden_size,
                                **a)
-        self._attach_plora_to_backbone()
 
     # ---- pieces of the LLM -------------------------------------------------------------------------------------
     def _causal_lm(self):
@@ -85,16 +84,16 @@ class BlspKdModel(nn.Module):
     def lm_head(self) -> nn.Module:
         return self._causal_lm().get_output_embeddings()
 
-    def _attach_plora_to_backbone(self) -> None:
-        """Let direct backbone calls (used to skip full-sequence logits) see the PLoRA mask: plora.py installs its
-        mask-selecting pre-hook on the causal-LM wrapper; the same (idempotent) hook is added to the backbone."""
-        if self.config.plora is None:
-            return
-        from blspkd.models import plora
+    def gradient_checkpointing_enable(self) -> None:
+        """Activation checkpointing of the LLM's decoder layers (most of the activation memory of training). With PLoRA
+        the recomputed layers get the token mask of their own forward (see blspkd/models/plora.py), so gradients are
+        those of training without checkpointing."""
+        if self.config.plora is not None:
+            from blspkd.models.plora import enable_gradient_checkpointing
 
-        state = plora._find_state(self.llm)
-        self.backbone.register_forward_pre_hook(lambda m, args, kwargs: plora._select_mask(state, args, kwargs),
-                                                with_kwargs=True)
+            enable_gradient_checkpointing(self.llm)
+        else:
+            self._causal_lm().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     def _plora(self, mask: torch.Tensor | None):
         if self.config.plora is None:

@@ -26,8 +26,12 @@ for each forward, the mask of the positions that forward processes and hands it 
 * ``plora_mask(model, None)`` switches PLoRA off inside an outer mask context (the teacher pass, which must be exactly
   the original LLM; peft's ``disable_adapter()`` works as well).
 
-With gradient checkpointing, layers are recomputed during backward and read the mask then: call ``backward()`` inside
-the ``plora_mask`` context in that case (the mask of the last forward stays set until the context exits).
+Gradient checkpointing recomputes the decoder layers during ``backward()``, usually after the ``plora_mask`` context
+has exited (or while another forward's mask is set). Enable it with ``enable_gradient_checkpointing(peft_model)``: the
+checkpoint's ``context_fn`` (torch.utils.checkpoint, non-reentrant) captures the mask each checkpointed layer saw in its
+forward and re-installs exactly that mask while the layer is recomputed, so the gradients equal those without
+checkpointing. Checkpointing enabled any other way is refused with an error at the first masked training forward
+(recomputed layers would silently read the wrong mask).
 """
 from __future__ import annotations
 
@@ -124,7 +128,7 @@ def _attach(peft_model: PeftModel) -> PeftModel:
     for m in layers:
         m.plora_state = state
     _mask_hook_target(peft_model.get_base_model()).register_forward_pre_hook(
-        lambda module, args, kwargs: _select_mask(state, args, kwargs), with_kwargs=True
+        lambda module, args, kwargs: _select_mask(state, module, args, kwargs), with_kwargs=True
     )
     return peft_model
 
@@ -168,8 +172,14 @@ def _past_length(kwargs: dict) -> int:
     return int(cache.get_seq_length())
 
 
-def _select_mask(state: _PLoraState, args: tuple, kwargs: dict) -> None:
+def _select_mask(state: _PLoraState, backbone: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook: set ``state.active`` to the mask of the positions this forward processes (or None)."""
+    _select_active(state, args, kwargs)
+    if state.active is not None and backbone.training and torch.is_grad_enabled():
+        _check_checkpointing(state, backbone)
+
+
+def _select_active(state: _PLoraState, args: tuple, kwargs: dict) -> None:
     state.active = None
     if state.mask is None:
         return
@@ -225,3 +235,52 @@ def plora_mask(model: nn.Module, mask: torch.Tensor | None) -> Iterator[None]:
             )
     finally:
         state.mask, state.offset, state.active, state.lengths_seen = saved
+
+
+class _RecomputeWithMask:
+    """``context_fn`` of torch.utils.checkpoint (non-reentrant). Called when a checkpointed layer runs its forward, it
+    captures the PLoRA mask of that forward; its second context manager re-installs that mask while the layer is
+    recomputed during backward (whatever mask, if any, is set by then)."""
+
+    def __init__(self, state: _PLoraState):
+        self.state = state
+
+    def __call__(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        return contextlib.nullcontext(), _active_mask(self.state, self.state.active)
+
+
+@contextlib.contextmanager
+def _active_mask(state: _PLoraState, active: torch.Tensor | None) -> Iterator[None]:
+    saved = state.active
+    state.active = active
+    try:
+        yield
+    finally:
+        state.active = saved
+
+
+def checkpoint_kwargs(model: nn.Module) -> dict:
+    """``torch.utils.checkpoint`` arguments under which recomputed PLoRA layers see the mask of their own forward."""
+    return {"use_reentrant": False, "context_fn": _RecomputeWithMask(_find_state(model))}
+
+
+def enable_gradient_checkpointing(model: nn.Module, **kwargs: Any) -> None:
+    """Activation checkpointing of a PLoRA model's decoder layers (``model``: the PeftModel from apply_plora/load_plora;
+    ``kwargs``: more arguments of transformers' ``activation_checkpointing_enable``, e.g. ``every_n_layers``)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs(model), **kwargs)
+
+
+def _check_checkpointing(state: _PLoraState, backbone: nn.Module) -> None:
+    """Refuse checkpointed layers that would be recomputed without their mask (enabled without checkpoint_kwargs)."""
+    for name, module in backbone.named_modules():
+        if getattr(module, "gradient_checkpointing", False) is not True:
+            continue
+        context_fn = getattr(getattr(module, "_gradient_checkpointing_func", None), "keywords", {}).get("context_fn")
+        if not (isinstance(context_fn, _RecomputeWithMask) and context_fn.state is state):
+            raise RuntimeError(
+                f"PLoRA: gradient checkpointing of {name or type(module).__name__} was enabled without PLoRA's "
+                "recompute context, so its recomputation in backward would not see the token mask (wrong LoRA "
+                "gradients); enable it with blspkd.models.plora.enable_gradient_checkpointing(model) (or pass "
+                "checkpoint_kwargs(model) as activation_checkpointing_kwargs)"
+            )
