@@ -16,7 +16,7 @@ from fixtures.audio import synth_speech, write_data_dir
 
 from blspkd.bin import extract_feats
 from blspkd.data.audio import AudioError, AudioReader
-from blspkd.data.feats_io import load_scp
+from blspkd.data.feats_io import load_scp, write_feats
 from blspkd.data.kaldi_dir import DataDirError, read_kv, validate_data_dir, write_kv
 from blspkd.data.mel import WhisperLogMel
 
@@ -303,3 +303,14 @@ def test_unreadable_audio_fails_or_is_skipped_with_a_count(tmp_path, speech_data
     assert (complete["kept"], complete["dropped"]) == (len(wav) - 1, {"unreadable audio": 1})
     assert bad not in read_kv(out / "text")
     assert "dropped 1 utterance(s): unreadable audio" in _log_lines(capsys)
+
+
+def test_scp_with_a_missing_ark_names_the_line_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_feats("dump/a/feats.1.ark", "dump/a/feats.scp", [("u1", np.zeros((3, 80))), ("u2", np.ones((2, 80)))])
+    assert load_scp("dump/a/feats.scp")["u2"].shape == (2, 80)  # relative to the directory that wrote it
+    monkeypatch.chdir(tmp_path / "dump")
+    with pytest.raises(DataDirError, match=r"a/feats.scp:1: ark file 'dump/a/feats.1.ark' of key 'u1' not found "
+                                           r"\(looked in .*dump\)\. Relative paths in an scp are relative to the "
+                                           r"recipe directory"):
+        load_scp("a/feats.scp")

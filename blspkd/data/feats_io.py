@@ -21,9 +21,19 @@ def load_scp(path: str | Path) -> Mapping[str, np.ndarray]:
     """Lazy mapping key -> float32 matrix read from a Kaldi scp (each matrix read when accessed)."""
     path = Path(path)
     entries = read_kv(path)  # validates keys and lines, naming file:line on errors
-    for key, value in entries.items():
+    checked: set[str] = set()
+    for line_no, (key, value) in enumerate(entries.items(), start=1):
         if not value:
             raise DataDirError(f"{path}: no ark location for key '{key}'")
+        ark = value.rsplit(":", 1)[0]
+        if ark not in checked:  # one check per ark file (a few shards), not per utterance
+            if not Path(ark).is_file():
+                raise DataDirError(
+                    f"{path}:{line_no}: ark file '{ark}' of key '{key}' not found (looked in {Path.cwd()}). "
+                    "Relative paths in an scp are relative to the recipe directory that wrote it: run from there, "
+                    "or re-run the feature stage"
+                )
+            checked.add(ark)
     return kaldiio.load_scp(str(path))
 
 
