@@ -140,7 +140,7 @@ def extract_shard(
         "num_threads": num_threads, "resampled": reader.stats.resampled, "downmixed": reader.stats.downmixed,
         "xrt_per_core": round(audio_s / max(wall, 1e-9) / num_threads, 1), "host": socket.gethostname(),
     }
-    tmp = paths["done"].with_suffix(".tmp")
+    tmp = paths["done"].with_name(paths["done"].name + ".tmp")  # per shard: with_suffix would give all "done.tmp"
     tmp.write_text(json.dumps(stats, indent=1) + "\n")
     os.replace(tmp, paths["done"])
     logger.info(
