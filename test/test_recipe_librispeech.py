@@ -227,6 +227,38 @@ def test_slurm_conf_dry_run_for_8_gpus(tmp_path, nodes):
         assert "--nodes 1 " in sbatch and "srun" not in out
 
 
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_stage4_5_dry_run_prints_the_jobs(tmp_path, nodes):
+    """./run.sh --stage 4 --stop_stage 5 --cmd_backend slurm --dry_run true --ngpu 8 [--num_nodes 2]: each stage prints
+    its sbatch command and job script (srun on 2 nodes) and the torchrun command every node runs; nothing is started,
+    written or required (no data, no models, no stage-4 model for stage 5)."""
+    recipe = recipe_sandbox(tmp_path, "librispeech")
+    out = run(["./run.sh", "--stage", "4", "--stop_stage", "5", "--cmd_backend", "slurm", "--dry_run", "true",
+               "--ngpu", "8", "--num_nodes", str(nodes)], recipe).stdout
+    lines = out.splitlines()
+    sbatch = [line for line in lines if line.startswith("sbatch ")]
+    assert [line.split("--job-name=")[1].split()[0] for line in sbatch] == ["train", "train"]
+    for line in sbatch:
+        assert f" --nodes {nodes} -p gpu --gres=gpu:8 --cpus-per-gpu 8 --constraint=gpu80gb " in line
+    srun = [line for line in lines if "srun " in line]
+    if nodes == 2:
+        assert srun == ["srun --export=ALL --ntasks=2 --kill-on-bad-exit=1 bash -c 'export NODE_RANK=$SLURM_PROCID"] * 2
+        launcher = ("python -m torch.distributed.run --nnodes 2 --node_rank $NODE_RANK --nproc_per_node 8 "
+                    "--rdzv_backend c10d --rdzv_endpoint $MASTER_ADDR:$MASTER_PORT --rdzv_id $SLURM_JOB_ID")
+    else:
+        assert srun == []
+        launcher = "python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node 8"
+    models = "--model.speech_encoder downloads/whisper-large-v2 --model.llm downloads/Qwen2.5-7B-Instruct"
+    data = "--data.train '[{path: dump/train}]' --data.valid '[dump/dev_clean]'"
+    assert [line for line in lines if line.startswith("python ")] == [
+        f"{launcher} -m blspkd.bin.train --config conf/pretrain.yaml --exp_dir exp/pretrain {models} {data}",
+        f"{launcher} -m blspkd.bin.train --config conf/finetune.yaml --exp_dir exp/finetune {models} {data} "
+        "--init_from exp/pretrain/model",
+    ]
+    assert f"stage 4 (dry run): exp/pretrain on {nodes} node(s) x 8 GPU(s); the job command:" in out
+    assert sorted(p.name for p in (recipe / "exp").iterdir()) == ["cmd.log"]  # no exp dir, script or log written
+
+
 def test_adding_a_corpus_with_setup_sh(tmp_path, fake_librispeech):
     """egs/TEMPLATE/setup.sh + a local/data.sh (here: parts of LibriSpeech as a 'new corpus') = a working stage 1."""
     sandbox = recipe_sandbox(tmp_path, "librispeech").parent  # a stand-in egs/ whose TEMPLATE is the checkout's

@@ -81,6 +81,7 @@ pretrain_config=""      # YAML of KD pretraining (stage 4)
 finetune_config=""      # YAML of instruction tuning (stage 5)
 pretrain_args=""        # overrides of pretrain_config keys, e.g. "--lr 2e-4 --max_steps 100"
 finetune_args=""        # overrides of finetune_config keys
+dry_run=false           # stages 4-5: print the training jobs (sbatch/srun lines, each node's torchrun) without running
 pretrain_tag=""         # experiment name of stage 4 (empty: derived from the config file name)
 finetune_tag=""         # experiment name of stage 5 (empty: derived from the config file name)
 # Decoding, scoring, export (stages 6-8)
@@ -320,17 +321,18 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
         out=${dumpdir}/${dset}
         [ -f "${out}/.complete" ] || die "stage 3: ${out} is not a complete dump dir: run stage 2 first"
         mkdir -p "${out}/log"
-        # Token counts (the CIF targets N) for every set: seconds, no generation.
-        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" --task tokens \
-            2>&1 | tee "${out}/log/utt2num_tokens.log"
         num_utts=$(wc -l < "${out}/text")
         _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
         # Shards are keyed by (shard, nj): a changed nj, LLM, option or text starts the continuations afresh.
         signature="llm=$(cd "${llm}" && pwd) nj=${_nj} ${teacher_args} | $(md5sum < "${out}/text" | cut -d' ' -f1)"
-        if [ -f "${out}/continuation" ] && marker_matches "${out}/.stage3.complete" "${signature}"; then
+        if [ -f "${out}/continuation" ] && [ -f "${out}/utt2num_tokens" ] \
+                && marker_matches "${out}/.stage3.complete" "${signature}"; then
             log "stage 3: ${out}/continuation already made with the same options; skipping (--force true redoes it)"
             continue
         fi
+        # Token counts (the CIF targets N) for every set: seconds, no generation.
+        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" --task tokens \
+            2>&1 | tee "${out}/log/utt2num_tokens.log"
         if [ -d "${out}/teacher" ] && { ${force} || [ "$(cat "${out}/.stage3.args" 2>/dev/null)" != "${signature}" ]; }; then
             log "stage 3: removing ${out}/teacher (written with other options, or --force)"
             rm -rf "${out}/teacher"
@@ -362,6 +364,22 @@ run_training() {  # run_training <stage> <config> <exp dir> <extra args...>
     shift 3
     [ -n "${config}" ] || die "stage ${n} needs its training config (--pretrain_config / --finetune_config)"
     [ -n "${speech_encoder}" ] && [ -n "${llm}" ] || die "stage ${n} needs --speech_encoder and --llm"
+    local train_args=(utils/launch_train.sh --ngpu "${ngpu}" -- -m blspkd.bin.train --config "${config}" --exp_dir "${exp}"
+        --model.speech_encoder "${speech_encoder}" --model.llm "${llm}" --data.train "[{path: ${dumpdir}/${train_set}}]")
+    [ -z "${valid_set}" ] || train_args+=(--data.valid "[${dumpdir}/${valid_set}]")
+    train_args+=("$@")
+    if ${dry_run}; then  # nothing is checked, written or started: the data and models may not exist yet
+        log "stage ${n} (dry run): ${exp} on ${num_nodes} node(s) x ${ngpu} GPU(s); the job command:"
+        ${cuda_cmd} --dry_run --gpu "${ngpu}" --num_nodes "${num_nodes}" "${exp}/log/train.log" "${train_args[@]}"
+        log "stage ${n} (dry run): the torchrun command each node runs:"
+        if [ "${num_nodes}" -gt 1 ]; then  # run_slurm.py sets these on each node
+            NNODES=${num_nodes} NODE_RANK='$NODE_RANK' MASTER_ADDR='$MASTER_ADDR' MASTER_PORT='$MASTER_PORT' \
+                SLURM_JOB_ID='$SLURM_JOB_ID' "${train_args[0]}" --dry_run "${train_args[@]:1}"
+        else
+            NNODES=1 "${train_args[0]}" --dry_run "${train_args[@]:1}"
+        fi
+        return 0
+    fi
     [ -f "${dumpdir}/${train_set}/.complete" ] || die "stage ${n}: ${dumpdir}/${train_set} is incomplete: run stage 2"
     if [ -f "${exp}/.completed" ] && ! ${force}; then
         log "stage ${n}: ${exp} already trained ($(head -n 1 "${exp}/.completed")); skipping (--force true retrains)"
@@ -373,15 +391,9 @@ run_training() {  # run_training <stage> <config> <exp dir> <extra args...>
     fi
     mkdir -p "${exp}/log"
     write_stage_script "${exp}/run_stage${n}.sh" "${n}"
-    local valid=()
-    [ -z "${valid_set}" ] || valid=(--data.valid "[${dumpdir}/${valid_set}]")
     log "stage ${n}: training ${exp} on ${num_nodes} node(s) x $((ngpu > 0 ? ngpu : 1)) process(es)" \
         "(log: ${exp}/log/train.log; TensorBoard: ${exp}/tensorboard)"
-    # shellcheck disable=SC2086
-    ${cuda_cmd} --gpu "${ngpu}" --num_nodes "${num_nodes}" "${exp}/log/train.log" \
-        utils/launch_train.sh --ngpu "${ngpu}" -- -m blspkd.bin.train --config "${config}" --exp_dir "${exp}" \
-            --model.speech_encoder "${speech_encoder}" --model.llm "${llm}" \
-            --data.train "[{path: ${dumpdir}/${train_set}}]" "${valid[@]+"${valid[@]}"}" "$@"
+    ${cuda_cmd} --gpu "${ngpu}" --num_nodes "${num_nodes}" "${exp}/log/train.log" "${train_args[@]}"
     [ -f "${exp}/.completed" ] || die "stage ${n}: training stopped before the end (no ${exp}/.completed); see" \
         "${exp}/log/train.log. Re-run the stage to resume from the newest checkpoint."
 }
@@ -405,7 +417,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && stage_requested 5; then
     pre_exp=${expdir}/${pretrain_tag:-$(basename "${pretrain_config%.*}")}
     init=()
     if [ -n "${pretrain_config}${pretrain_tag}" ]; then
-        [ -f "${pre_exp}/model/model.safetensors" ] || die "stage 5 starts from stage 4's model, but" \
+        [ -f "${pre_exp}/model/model.safetensors" ] || ${dry_run} || die "stage 5 starts from stage 4's model, but" \
             "${pre_exp}/model is missing: run stage 4 first (or drop --pretrain_config to fine-tune from scratch)"
         init=(--init_from "${pre_exp}/model")
     fi
