@@ -19,7 +19,7 @@ class Cfg:
     precision: Literal["fp32", "bf16"] = "fp32"
     losses: dict[str, float] = field(default_factory=lambda: {"input_kl": 1.0})
     train_dirs: list[str] = field(default_factory=list)
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = None  # noqa: UP045 (typing.Optional on purpose: configs written either way must parse)
     grad_checkpointing: bool = False
     optim: Optim = field(default_factory=Optim)
 

@@ -1,6 +1,7 @@
 """Logging set-up shared by every entry point.
 
-Format: ``[host:rank/world] time (module:line) LEVEL msg`` so that logs of many jobs and ranks can be merged and grepped.
+Format: ``[host:rank/world] time (module:line) LEVEL msg`` so that logs of many jobs and ranks can be merged and
+grepped.
 """
 from __future__ import annotations
 
