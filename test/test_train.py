@@ -227,6 +227,20 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny_whisper_dir, ti
     assert "is complete (step 6)" in caplog.text
 
 
+def test_gradient_checkpointing_trains_the_same_weights(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs, tmp_path):
+    """gradient_checkpointing: true (decoder layers recomputed in backward, each with its own PLoRA mask) trains
+    exactly the weights of the same run without it."""
+    args = (tiny_whisper_dir, tiny_llm_dir, train_dump_dirs)
+    common = ("--max_steps", "2", "--data.valid", "[]", "--model.plora", "{r: 4, lora_dropout: 0.1}")
+    run(tiny_cfg(*args, tmp_path / "off", "pretrain.yaml", *common))
+    run(tiny_cfg(*args, tmp_path / "on", "pretrain.yaml", *common, "--gradient_checkpointing", "true"))
+    a, b = final_weights(tmp_path / "off"), final_weights(tmp_path / "on")
+    assert a.keys() == b.keys() and any("lora_B" in k for k in a)
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)  # B left 0: the adapters trained
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def final_weights_init(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     from blspkd.train.trainer import build_model
 
