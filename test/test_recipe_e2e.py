@@ -1,0 +1,139 @@
+"""End-to-end recipe test: the mini recipe's run.sh, stages 1-8, on a tiny corpus with tiny random models.
+
+Stage 0 (converting the real Whisper tiny.en / SmolLM2) is replaced by the tiny random models of
+test/fixtures/tiny_models.py and the few-step training configs of egs/mini_espeak/conf/tiny/, so the whole pipeline
+(espeak-ng corpus, features, teacher data, KD pretraining, instruction tuning, decoding, scoring, export, inference)
+runs in a few minutes on a laptop CPU. The test checks what every stage leaves behind, runs the exported model with
+``python -m blspkd.bin.infer``, and re-runs the whole command to check that every stage skips its finished work.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from fixtures.recipe import REPO, make_recipe, run_script
+
+from blspkd.data.feats_io import load_scp
+from blspkd.data.kaldi_dir import read_kv, validate_data_dir
+
+MINI = REPO / "egs" / "mini_espeak"
+sys.path.insert(0, str(MINI / "local"))
+import fortune_sentences  # noqa: E402
+import prepare_librivox  # noqa: E402
+
+SIZES = {"train": 16, "dev": 4, "test": 4, "test_real": 5}
+TEST_SETS = ("test", "test_real")
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
+    """The mini recipe in a sandbox after one full run (stages 1-8) and a second, identical run."""
+    if not Path(fortune_sentences.DEFAULT_FORTUNES_DIR).is_dir():
+        pytest.skip("Debian's fortunes package is not installed (apt-get install fortunes)")
+    if not (Path(prepare_librivox.DEFAULT_SRC) / "transcription").is_file():
+        pytest.skip("Debian's pocketsphinx-testdata is not installed")
+    recipe = make_recipe(tmp_path_factory.mktemp("e2e") / "egs" / "mini_espeak", MINI)
+    args = ["./run.sh", "--stage", "1", "--stop_stage", "8", "--nj", "2", "--inference_nj", "2",
+            "--local_data_opts", "--num_train 16 --num_dev 4 --num_test 4 --nj 2",
+            "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir),
+            "--warmstart_config", "", "--pretrain_config", "conf/tiny/pretrain.yaml",
+            "--finetune_config", "conf/tiny/finetune.yaml",
+            "--teacher_args", "--max_new_tokens 8", "--decode_args", "--max_new_tokens 8"]
+    start = time.time()
+    first = run_script(recipe, *args)
+    first_s = time.time() - start
+    assert first.returncode == 0, first.stdout[-6000:]
+    start = time.time()
+    second = run_script(recipe, *args)
+    second_s = time.time() - start
+    assert second.returncode == 0, second.stdout[-6000:]
+    return recipe, first, second, first_s, second_s
+
+
+@pytest.mark.slow
+def test_data_and_dump_dirs(e2e, monkeypatch):
+    recipe = e2e[0]
+    monkeypatch.chdir(recipe)  # feats.scp names arks relative to the recipe dir, as in Kaldi/ESPnet
+    for name, size in SIZES.items():
+        data = recipe / "data" / name
+        assert validate_data_dir(data) == []
+        assert len(read_kv(data / "text")) == size
+        dump = recipe / "dump" / name
+        assert (dump / ".complete").is_file() and validate_data_dir(dump) == []
+        keys = list(read_kv(dump / "text"))
+        assert len(keys) == size  # espeak sentences and the LibriVox clips are 1-15 s: nothing is filtered
+        assert sorted(load_scp(dump / "feats.scp")) == keys
+        for per_utt in ("utt2num_frames", "utt2num_tokens", "continuation"):
+            assert list(read_kv(dump / per_utt)) == keys, per_utt
+        assert all(int(n) > 0 for n in read_kv(dump / "utt2num_tokens").values())
+
+
+@pytest.mark.slow
+def test_trained_exp_dirs(e2e):
+    recipe = e2e[0]
+    for tag, steps in (("pretrain", 6), ("finetune", 4)):
+        exp = recipe / "exp" / tag
+        assert (exp / ".completed").is_file(), tag
+        assert (exp / "model" / "config.json").is_file() and (exp / "model" / "model.safetensors").is_file()
+        assert (exp / ".completed").read_text().startswith(f"step {steps}\n"), tag  # the configs' max_steps
+        assert (exp / "log" / "train.log").is_file()
+        assert (exp / f"run_stage{4 if tag == 'pretrain' else 5}.sh").is_file()
+    # Stage 5 started from stage 4's model (the log's first line is the command).
+    first_line = (recipe / "exp" / "finetune" / "log" / "train.log").read_text().split("\n", 1)[0]
+    assert first_line.endswith("--init_from exp/pretrain/model"), first_line
+
+
+@pytest.mark.slow
+def test_decoding_scoring_results(e2e):
+    recipe = e2e[0]
+    exp = recipe / "exp" / "finetune"
+    for dset in TEST_SETS:
+        keys = list(read_kv(recipe / "dump" / dset / "text"))
+        for name, task in ((f"decode_{dset}", "transcription"), (f"decode_{dset}_continuation", "continuation")):
+            ddir = exp / name
+            assert [line.split(" ", 1)[0] for line in (ddir / "hyp.txt").read_text().splitlines()] == keys, name
+            hyps = [json.loads(line) for line in (ddir / "hyp.jsonl").read_text().splitlines()]
+            assert [h["key"] for h in hyps] == keys
+            assert yaml.safe_load((ddir / "decode_config.yaml").read_text())["task"] == task
+            assert (ddir / "result.json").is_file() and (ddir / "result.txt").is_file()
+    results = (recipe / "RESULTS.md").read_text()
+    for dset in TEST_SETS:
+        assert f"| exp/finetune | {dset} | WER (%) |" in results
+        assert f"| exp/finetune | {dset}_continuation | align BLEU |" in results
+
+
+@pytest.mark.slow
+def test_export_runs_with_infer(e2e):
+    recipe = e2e[0]
+    export = recipe / "exp" / "finetune" / "export"
+    assert (export / "export_info.json").is_file() and (export / "README.md").is_file()
+    key, path = next(iter(read_kv(recipe / "data" / "test" / "wav.scp").items()))
+    proc = subprocess.run([sys.executable, "-m", "blspkd.bin.infer", "--model", str(export), "--audio", path,
+                           "--max_new_tokens", "8", "--no_stream"], cwd=recipe, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # Same model, audio, instruction and greedy settings as stage 6's transcription pass: the same text.
+    hyp_jsonl = recipe / "exp" / "finetune" / "decode_test" / "hyp.jsonl"
+    hyps = {h["key"]: h for h in map(json.loads, hyp_jsonl.read_text().splitlines())}
+    printed = proc.stdout.rstrip("\n").split("\t")[-1]  # "<file>\t<text>" (the text alone when streamed)
+    assert printed == " ".join(hyps[key]["hypothesis"].split())
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_stage(e2e):
+    recipe, first, second, first_s, second_s = e2e
+    out = second.stdout
+    assert "data already prepared with the same options" in out
+    assert out.count("already complete with the same options; skipping") == len(SIZES)
+    assert out.count("continuation already made with the same options; skipping") == len(SIZES)
+    assert "stage 4: exp/pretrain already trained" in out and "stage 5: exp/finetune already trained" in out
+    assert "already exported from the same model; skipping" in out
+    for dset in TEST_SETS:
+        log = (recipe / "exp" / "finetune" / f"decode_{dset}" / "log" / "decode.1.log").read_text()
+        assert "already decoded with the same settings" in log
+    assert second_s < first_s / 2, (first_s, second_s)
