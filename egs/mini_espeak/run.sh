@@ -25,6 +25,7 @@ ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     --test_sets "${test_sets}" \
     --speech_encoder "${speech_encoder}" \
     --llm "${llm}" \
+    --warmstart_config conf/warmstart.yaml \
     --pretrain_config conf/pretrain.yaml \
     --finetune_config conf/finetune.yaml \
     --decode_config conf/decode.yaml \
