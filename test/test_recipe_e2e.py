@@ -2,9 +2,10 @@
 
 Stage 0 (converting the real Whisper tiny.en / SmolLM2) is replaced by the tiny random models of
 test/fixtures/tiny_models.py and the few-step training configs of egs/mini_espeak/conf/tiny/, so the whole pipeline
-(espeak-ng corpus, features, teacher data, KD pretraining, instruction tuning, decoding, scoring, export, inference)
-runs in a few minutes on a laptop CPU. The test checks what every stage leaves behind, runs the exported model with
-``python -m blspkd.bin.infer``, and re-runs the whole command to check that every stage skips its finished work.
+(espeak-ng corpus, features, teacher data, warm start + KD pretraining, instruction tuning, decoding, scoring, export,
+inference) runs in a few minutes on a laptop CPU. The test checks what every stage leaves behind, runs the exported
+model with ``python -m blspkd.bin.infer``, and re-runs the whole command to check that every stage skips its finished
+work.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
     args = ["./run.sh", "--stage", "1", "--stop_stage", "8", "--nj", "2", "--inference_nj", "2",
             "--local_data_opts", "--num_train 16 --num_dev 4 --num_test 4 --nj 2",
             "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir),
-            "--warmstart_config", "", "--pretrain_config", "conf/tiny/pretrain.yaml",
+            "--warmstart_config", "conf/tiny/warmstart.yaml", "--pretrain_config", "conf/tiny/pretrain.yaml",
             "--finetune_config", "conf/tiny/finetune.yaml",
             "--teacher_args", "--max_new_tokens 8", "--decode_args", "--max_new_tokens 8"]
     start = time.time()
@@ -76,16 +77,18 @@ def test_data_and_dump_dirs(e2e, monkeypatch):
 @pytest.mark.slow
 def test_trained_exp_dirs(e2e):
     recipe = e2e[0]
-    for tag, steps in (("pretrain", 6), ("finetune", 4)):
+    for tag, steps in (("warmstart", 3), ("pretrain", 6), ("finetune", 4)):
         exp = recipe / "exp" / tag
         assert (exp / ".completed").is_file(), tag
         assert (exp / "model" / "config.json").is_file() and (exp / "model" / "model.safetensors").is_file()
         assert (exp / ".completed").read_text().startswith(f"step {steps}\n"), tag  # the configs' max_steps
         assert (exp / "log" / "train.log").is_file()
-        assert (exp / f"run_stage{4 if tag == 'pretrain' else 5}.sh").is_file()
-    # Stage 5 started from stage 4's model (the log's first line is the command).
-    first_line = (recipe / "exp" / "finetune" / "log" / "train.log").read_text().split("\n", 1)[0]
-    assert first_line.endswith("--init_from exp/pretrain/model"), first_line
+        assert (exp / f"run_stage{5 if tag == 'finetune' else 4}.sh").is_file()
+    # KD pretraining started from the warm start's model, instruction tuning from KD's (a log's first line is the
+    # command).
+    for tag, init in (("pretrain", "warmstart"), ("finetune", "pretrain")):
+        first_line = (recipe / "exp" / tag / "log" / "train.log").read_text().split("\n", 1)[0]
+        assert first_line.endswith(f"--init_from exp/{init}/model"), first_line
 
 
 @pytest.mark.slow
@@ -131,7 +134,8 @@ def test_rerun_skips_every_stage(e2e):
     assert "data already prepared with the same options" in out
     assert out.count("already complete with the same options; skipping") == len(SIZES)
     assert out.count("continuation already made with the same options; skipping") == len(SIZES)
-    assert "stage 4: exp/pretrain already trained" in out and "stage 5: exp/finetune already trained" in out
+    for stage, tag in ((4, "warmstart"), (4, "pretrain"), (5, "finetune")):
+        assert f"stage {stage}: exp/{tag} already trained" in out
     assert "already exported from the same model; skipping" in out
     for dset in TEST_SETS:
         log = (recipe / "exp" / "finetune" / f"decode_{dset}" / "log" / "decode.1.log").read_text()
