@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_opt("batch_size"), dest="batch_size", type=int, default=8, help="files per batch (default: 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument(*_opt("no_stream"), dest="no_stream", action="store_true",
-                   help="print a single file's text at the end instead of streaming it")
+                   help="do not stream a single file's text: print '<file><TAB><text>' at the end")
     p.add_argument(*_opt("log_level"), dest="log_level", default="WARNING", help="(default: WARNING)")
     return p
 
