@@ -29,6 +29,8 @@ import prepare_librivox  # noqa: E402
 
 SIZES = {"train": 16, "dev": 4, "test": 4, "test_real": 5}
 TEST_SETS = ("test", "test_real")
+# Stage 3 generates continuations for these sets only (--continuation_sets); the others get token counts alone.
+CONTINUATION_SETS = ("train", "test")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,7 @@ def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
             "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir),
             "--warmstart_config", "conf/tiny/warmstart.yaml", "--pretrain_config", "conf/tiny/pretrain.yaml",
             "--finetune_config", "conf/tiny/finetune.yaml",
+            "--continuation_sets", " ".join(CONTINUATION_SETS),
             "--teacher_args", "--max_new_tokens 8", "--decode_args", "--max_new_tokens 8"]
     start = time.time()
     first = run_script(recipe, *args)
@@ -69,8 +72,12 @@ def test_data_and_dump_dirs(e2e, monkeypatch):
         keys = list(read_kv(dump / "text"))
         assert len(keys) == size  # espeak sentences and the LibriVox clips are 1-15 s: nothing is filtered
         assert sorted(load_scp(dump / "feats.scp")) == keys
-        for per_utt in ("utt2num_frames", "utt2num_tokens", "continuation"):
+        for per_utt in ("utt2num_frames", "utt2num_tokens"):
             assert list(read_kv(dump / per_utt)) == keys, per_utt
+        if name in CONTINUATION_SETS:
+            assert list(read_kv(dump / "continuation")) == keys
+        else:
+            assert not (dump / "continuation").exists(), name
         assert all(int(n) > 0 for n in read_kv(dump / "utt2num_tokens").values())
 
 
@@ -97,7 +104,12 @@ def test_decoding_scoring_results(e2e):
     exp = recipe / "exp" / "finetune"
     for dset in TEST_SETS:
         keys = list(read_kv(recipe / "dump" / dset / "text"))
-        for name, task in ((f"decode_{dset}", "transcription"), (f"decode_{dset}_continuation", "continuation")):
+        passes = [(f"decode_{dset}", "transcription")]
+        if dset in CONTINUATION_SETS:
+            passes.append((f"decode_{dset}_continuation", "continuation"))
+        else:  # no teacher continuations, no continuation pass
+            assert not (exp / f"decode_{dset}_continuation").exists()
+        for name, task in passes:
             ddir = exp / name
             assert [line.split(" ", 1)[0] for line in (ddir / "hyp.txt").read_text().splitlines()] == keys, name
             hyps = [json.loads(line) for line in (ddir / "hyp.jsonl").read_text().splitlines()]
@@ -107,7 +119,7 @@ def test_decoding_scoring_results(e2e):
     results = (recipe / "RESULTS.md").read_text()
     for dset in TEST_SETS:
         assert f"| exp/finetune | {dset} | WER (%) |" in results
-        assert f"| exp/finetune | {dset}_continuation | align BLEU |" in results
+        assert (f"| exp/finetune | {dset}_continuation | align BLEU |" in results) == (dset in CONTINUATION_SETS)
 
 
 @pytest.mark.slow
@@ -133,7 +145,7 @@ def test_rerun_skips_every_stage(e2e):
     out = second.stdout
     assert "data already prepared with the same options" in out
     assert out.count("already complete with the same options; skipping") == len(SIZES)
-    assert out.count("continuation already made with the same options; skipping") == len(SIZES)
+    assert out.count("already has its teacher data with the same options; skipping") == len(SIZES)
     for stage, tag in ((4, "warmstart"), (4, "pretrain"), (5, "finetune")):
         assert f"stage {stage}: exp/{tag} already trained" in out
     assert "already exported from the same model; skipping" in out

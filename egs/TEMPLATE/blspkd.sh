@@ -74,6 +74,7 @@ max_duration=30.0       # seconds; longer train/valid utterances are dropped in 
 feats_args=""           # extra options for python -m blspkd.bin.extract_feats
 # Teacher data (stage 3)
 teacher_args=""         # extra options for the teacher data generation
+continuation_sets=""    # sets that get LLM continuations in stage 3 (empty: every set); all get token counts
 # Training (stages 4-5)
 train_config=""         # YAML shared by both training stages (optional)
 warmstart_config=""     # YAML of an optional first phase of stage 4 (cif_ce warm start); KD starts from its model
@@ -325,14 +326,24 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
         _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
         # Shards are keyed by (shard, nj): a changed nj, LLM, option or text starts the continuations afresh.
         signature="llm=$(cd "${llm}" && pwd) nj=${_nj} ${teacher_args} | $(md5sum < "${out}/text" | cut -d' ' -f1)"
-        if [ -f "${out}/continuation" ] && [ -f "${out}/utt2num_tokens" ] \
+        continuations=true
+        if [ -n "${continuation_sets}" ] && [[ " ${continuation_sets} " != *" ${dset} "* ]]; then
+            continuations=false
+            signature="token counts only | ${signature}"
+        fi
+        if [ -f "${out}/utt2num_tokens" ] && { ! ${continuations} || [ -f "${out}/continuation" ]; } \
                 && marker_matches "${out}/.stage3.complete" "${signature}"; then
-            log "stage 3: ${out}/continuation already made with the same options; skipping (--force true redoes it)"
+            log "stage 3: ${out} already has its teacher data with the same options; skipping (--force true redoes it)"
             continue
         fi
         # Token counts (the CIF targets N) for every set: seconds, no generation.
         python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" --task tokens \
             2>&1 | tee "${out}/log/utt2num_tokens.log"
+        if ! ${continuations}; then
+            log "stage 3: ${out}: token counts only (not in --continuation_sets '${continuation_sets}')"
+            echo "${signature}" > "${out}/.stage3.complete"
+            continue
+        fi
         if [ -d "${out}/teacher" ] && { ${force} || [ "$(cat "${out}/.stage3.args" 2>/dev/null)" != "${signature}" ]; }; then
             log "stage 3: removing ${out}/teacher (written with other options, or --force)"
             rm -rf "${out}/teacher"
