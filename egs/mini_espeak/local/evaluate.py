@@ -8,7 +8,8 @@ Usage:
         --llm downloads/SmolLM2-135M-Instruct --dump_dir dump/test --out_dir exp/eval/untrained_test
 
 Figures (written to ``<out_dir>/metrics.json`` and ``<out_dir>/report.md``):
-  input_kl     KL(teacher || student) at ``--temperature`` (the KD loss, method.md 4) on the transcript rows,
+  input_kl     KL(teacher || student) at ``--temperature`` (the KD loss, method.md 4) on the transcript rows of the
+               transcription prompt (``--instruction``),
                averaged over all rows of the set; the student gets the transcript's true token count N, as in training.
   agreement    fraction of transcript rows where the teacher's and the student's next-token argmax agree.
   cif_exact / cif_within1 / cif_rel_err
@@ -35,7 +36,7 @@ import torch
 
 from blspkd.data.collate import BlspKdCollator
 from blspkd.train.config import TaskConfig
-from blspkd.train.dataset import TrainingData
+from blspkd.train.dataset import TrainingData, task_instruction
 from blspkd.utils.logging import setup_logging
 
 log = logging.getLogger("evaluate")
@@ -57,9 +58,11 @@ def build_untrained(config_yaml: str, speech_encoder: str, llm: str, out: Path) 
 
 
 @torch.no_grad()
-def listening_metrics(model, dump_dir: str, batch_size: int, temperature: float) -> dict[str, float]:
-    """input_kl, agreement, CIF count and embedding-space figures over every utterance of ``dump_dir``."""
-    data = TrainingData([dump_dir], [TaskConfig(kind="plain")], "frames")
+def listening_metrics(model, dump_dir: str, batch_size: int, temperature: float,
+                      instruction: str | None = None) -> dict[str, float]:
+    """input_kl, agreement, CIF count and embedding-space figures over every utterance of ``dump_dir``, with the
+    transcript framed by ``instruction`` (the prompt the model was trained and is decoded with)."""
+    data = TrainingData([dump_dir], [TaskConfig(kind="plain", instruction=instruction)], "frames")
     examples = sorted(data.all_examples(), key=lambda e: data.lengths[e[0]][e[1]])  # similar lengths batch together
     collate = BlspKdCollator(model.tokenizer, model.config)
     saved_losses, saved_t = model.config.losses, model.config.temperature
@@ -153,7 +156,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--dump_dir", required=True)
     p.add_argument("--out_dir", required=True)
     p.add_argument("--decode_config", default="conf/decode.yaml", help="decode YAML ('' for the defaults)")
-    p.add_argument("--instruction", default=None, help="transcription instruction (default: the decode config's)")
+    p.add_argument("--instruction", default=None,
+                   help="transcription instruction for decoding and for framing input_kl/agreement\n"
+                        "(default: the transcription task's, as in training and conf/decode.yaml)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--temperature", type=float, default=2.0, help="KD temperature of input_kl (the training one)")
     p.add_argument("--num_samples", type=int, default=5)
@@ -172,7 +177,8 @@ def main(argv: list[str]) -> None:
                  if args.untrained_config else resolve_model_dir(args.model))
     t0 = time.time()
     model = load_model(model_dir, "cpu" if not torch.cuda.is_available() else "auto")
-    metrics = listening_metrics(model, args.dump_dir, args.batch_size, args.temperature)
+    instruction = args.instruction or task_instruction(TaskConfig(kind="transcription"))
+    metrics = listening_metrics(model, args.dump_dir, args.batch_size, args.temperature, instruction)
     del model
     metrics["listening_seconds"] = round(time.time() - t0, 1)
     t0 = time.time()
