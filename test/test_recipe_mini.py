@@ -179,13 +179,17 @@ def test_mini_recipe_stages_0_to_2(tmp_path, real_models, monkeypatch):
 @pytest.mark.slurm
 @needs_fortunes
 @needs_librivox
-def test_mini_recipe_stages_1_2_on_slurm(tmp_path, slurm_cluster, tiny_whisper_dir, monkeypatch):
-    """The same stages with --cmd_backend slurm: stage 2's jobs become an sbatch array on the localhost cluster."""
+def test_mini_recipe_on_slurm(tmp_path, slurm_cluster, tiny_whisper_dir, tiny_llm_dir, monkeypatch):
+    """Stages 1-8 with --cmd_backend slurm (tiny models, few-step configs): every job of stages 2-6 (features, teacher
+    continuations, the three trainings, decoding) is an sbatch job on the localhost cluster."""
     recipe = make_recipe(tmp_path / "egs" / "mini_espeak", MINI)
     env = {**slurm_cluster.env, "BLSPKD_SLURM_CONF": str(slurm_cluster.conf)}
-    res = run_script(recipe, "./run.sh", "--stage", "1", "--stop_stage", "2", "--nj", "2", "--cmd_backend", "slurm",
-                     "--speech_encoder", str(tiny_whisper_dir),
-                     "--local_data_opts", "--num_train 8 --num_dev 2 --num_test 2", env=env)
+    res = run_script(recipe, "./run.sh", "--stage", "1", "--stop_stage", "8", "--nj", "2", "--inference_nj", "2",
+                     "--cmd_backend", "slurm", "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir),
+                     "--local_data_opts", "--num_train 8 --num_dev 2 --num_test 2",
+                     "--warmstart_config", "conf/tiny/warmstart.yaml", "--pretrain_config", "conf/tiny/pretrain.yaml",
+                     "--finetune_config", "conf/tiny/finetune.yaml", "--continuation_sets", "train test",
+                     "--teacher_args", "--max_new_tokens 4", "--decode_args", "--max_new_tokens 4", env=env)
     assert res.returncode == 0, res.stdout[-5000:]
     assert "cmd_backend=slurm" in res.stdout
     monkeypatch.chdir(recipe)
@@ -195,3 +199,12 @@ def test_mini_recipe_stages_1_2_on_slurm(tmp_path, slurm_cluster, tiny_whisper_d
         assert len(list(log_dir.glob("extract.*.log"))) == 2
         # run_slurm.py leaves the sbatch array script and Slurm's per-task output in <log dir>/q/
         assert "SLURM_ARRAY_TASK_ID" in (log_dir / "q" / "extract.sh").read_text()
+    assert "SLURM_ARRAY_TASK_ID" in (recipe / "dump" / "test" / "log" / "q" / "teacher.sh").read_text()
+    for tag in ("warmstart", "pretrain", "finetune"):
+        exp = recipe / "exp" / tag
+        assert (exp / ".completed").is_file() and (exp / "model" / "model.safetensors").is_file(), tag
+        assert "SLURM_ARRAY_TASK_ID" in (exp / "log" / "q" / "train.sh").read_text(), tag  # submitted with sbatch
+    decode_log = recipe / "exp" / "finetune" / "decode_test" / "log"
+    assert "SLURM_ARRAY_TASK_ID" in (decode_log / "q" / "decode.sh").read_text()
+    assert "| exp/finetune | test | WER (%) |" in (recipe / "RESULTS.md").read_text()
+    assert (recipe / "exp" / "finetune" / "export" / "export_info.json").is_file()
