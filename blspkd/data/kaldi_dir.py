@@ -143,6 +143,18 @@ def utt2spk_to_spk2utt(utt2spk: Mapping[str, str]) -> dict[str, str]:
     return {spk: " ".join(utts) for spk, utts in spk2utts.items()}
 
 
+def write_data_dir(data_dir: str | Path, utt2spk: Mapping[str, str], **tables: Mapping[str, str]) -> Path:
+    """A Kaldi data dir: ``utt2spk``, each of ``tables`` (file name -> key/value table, e.g. ``text=...``;
+    ``wav.scp`` is passed as ``**{"wav.scp": ...}``) and ``spk2utt`` derived from ``utt2spk``; returns the dir."""
+    d = Path(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        write_kv(d / name, table)
+    write_kv(d / "utt2spk", utt2spk)
+    write_kv(d / "spk2utt", utt2spk_to_spk2utt(utt2spk))
+    return d
+
+
 def spk2utt_to_utt2spk(spk2utt: Mapping[str, str]) -> dict[str, str]:
     return {utt: spk for spk, utts in spk2utt.items() for utt in utts.split()}
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from covost_languages import EN_XX
 
-from blspkd.data.kaldi_dir import utt2spk_to_spk2utt, write_kv
+from blspkd.data.kaldi_dir import write_data_dir
 from blspkd.utils.logging import setup_logging
 
 log = logging.getLogger("blspkd")
@@ -153,14 +153,10 @@ def prepare(cv_dir: Path, covost_dir: Path, tgt_lang: str, reader: str) -> dict[
 
 
 def write_set(out: Path, recs: list[dict[str, str]], tgt_lang: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_kv(out / "wav.scp", {r["utt"]: r["wav"] for r in recs})
-    write_kv(out / "text", {r["utt"]: r["text"] for r in recs})
-    write_kv(out / "translation", {r["utt"]: r["translation"] for r in recs})
-    write_kv(out / "utt2lang", {r["utt"]: tgt_lang for r in recs})
-    utt2spk = {r["utt"]: r["spk"] for r in recs}
-    write_kv(out / "utt2spk", utt2spk)
-    write_kv(out / "spk2utt", utt2spk_to_spk2utt(utt2spk))
+    write_data_dir(out, {r["utt"]: r["spk"] for r in recs},
+                   **{"wav.scp": {r["utt"]: r["wav"] for r in recs}}, text={r["utt"]: r["text"] for r in recs},
+                   translation={r["utt"]: r["translation"] for r in recs},
+                   utt2lang={r["utt"]: tgt_lang for r in recs})
 
 
 def main(argv: list[str] | None = None) -> int:

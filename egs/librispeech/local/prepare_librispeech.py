@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from blspkd.data.kaldi_dir import utt2spk_to_spk2utt, write_kv
+from blspkd.data.kaldi_dir import write_data_dir
 from blspkd.utils.logging import setup_logging
 
 log = logging.getLogger("blspkd")
@@ -111,12 +111,8 @@ def read_subset(subset_dir: Path) -> list[tuple[str, str, str, str]]:
 
 
 def write_set(out: Path, records: list[tuple[str, str, str, str]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_kv(out / "wav.scp", {u: p for u, _, p, _ in records})
-    write_kv(out / "text", {u: t for u, _, _, t in records})
-    utt2spk = {u: s for u, s, _, _ in records}
-    write_kv(out / "utt2spk", utt2spk)
-    write_kv(out / "spk2utt", utt2spk_to_spk2utt(utt2spk))
+    write_data_dir(out, {u: s for u, s, _, _ in records}, **{"wav.scp": {u: p for u, _, p, _ in records}},
+                   text={u: t for u, _, _, t in records})
 
 
 def parse_combine(spec: str) -> tuple[str, list[str]]:

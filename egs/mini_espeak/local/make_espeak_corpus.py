@@ -36,7 +36,7 @@ import soundfile
 from fortune_sentences import DEFAULT_FORTUNES_DIR, load_sentences
 from tqdm import tqdm
 
-from blspkd.data.kaldi_dir import utt2spk_to_spk2utt, write_kv
+from blspkd.data import kaldi_dir
 from blspkd.utils.logging import setup_logging
 
 logger = logging.getLogger("blspkd")
@@ -151,11 +151,9 @@ def _synthesize_job(job: tuple[Utterance, str]) -> tuple[float, bool]:
 
 
 def write_data_dir(data_dir: Path, utts: list[Utterance], wav_dir: Path) -> None:
-    utt2spk = {u.utt_id: u.speaker for u in utts}
-    write_kv(data_dir / "wav.scp", {u.utt_id: str(wav_dir / f"{u.utt_id}.wav") for u in utts})
-    write_kv(data_dir / "text", {u.utt_id: u.text for u in utts})
-    write_kv(data_dir / "utt2spk", utt2spk)
-    write_kv(data_dir / "spk2utt", utt2spk_to_spk2utt(utt2spk))
+    kaldi_dir.write_data_dir(data_dir, {u.utt_id: u.speaker for u in utts},
+                             **{"wav.scp": {u.utt_id: str(wav_dir / f"{u.utt_id}.wav") for u in utts}},
+                             text={u.utt_id: u.text for u in utts})
 
 
 def write_plan(path: Path, utts: list[Utterance]) -> None:

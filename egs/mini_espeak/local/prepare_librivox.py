@@ -18,7 +18,7 @@ from pathlib import Path
 
 import soundfile
 
-from blspkd.data.kaldi_dir import utt2spk_to_spk2utt, write_kv
+from blspkd.data.kaldi_dir import write_data_dir
 
 DEFAULT_SRC = "/usr/share/pocketsphinx/test/data/librivox"
 SPEAKER = "librivox"
@@ -61,10 +61,7 @@ def prepare(src: Path, data_dir: Path) -> int:
             raise ValueError(f"{wav}: expected 16 kHz mono, found {info.samplerate} Hz x {info.channels} channels")
         utt = f"{SPEAKER}-{fid}"
         wav_scp[utt], text[utt], utt2spk[utt] = str(wav), transcripts[fid], SPEAKER
-    write_kv(data_dir / "wav.scp", wav_scp)
-    write_kv(data_dir / "text", text)
-    write_kv(data_dir / "utt2spk", utt2spk)
-    write_kv(data_dir / "spk2utt", utt2spk_to_spk2utt(utt2spk))
+    write_data_dir(data_dir, utt2spk, **{"wav.scp": wav_scp}, text=text)
     return len(wav_scp)
 
 
