@@ -10,6 +10,7 @@ work.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -89,7 +90,8 @@ def test_trained_exp_dirs(e2e):
         assert (exp / ".completed").is_file(), tag
         assert (exp / "model" / "config.json").is_file() and (exp / "model" / "model.safetensors").is_file()
         assert (exp / ".completed").read_text().startswith(f"step {steps}\n"), tag  # the configs' max_steps
-        assert (exp / "log" / "train.log").is_file()
+        # a CPU training job gets every core of the node (path.sh's OMP_NUM_THREADS=1 is for parallel jobs)
+        assert f"threads={len(os.sched_getaffinity(0))}\n" in (exp / "log" / "train.log").read_text(), tag
         assert (exp / f"run_stage{5 if tag == 'finetune' else 4}.sh").is_file()
     # KD pretraining started from the warm start's model, instruction tuning from KD's (a log's first line is the
     # command).

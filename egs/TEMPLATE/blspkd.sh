@@ -404,7 +404,11 @@ run_training() {  # run_training <stage> <config> <exp dir> <extra args...>
     write_stage_script "${exp}/run_stage${n}.sh" "${n}"
     log "stage ${n}: training ${exp} on ${num_nodes} node(s) x $((ngpu > 0 ? ngpu : 1)) process(es)" \
         "(log: ${exp}/log/train.log; TensorBoard: ${exp}/tensorboard)"
-    ${cuda_cmd} --gpu "${ngpu}" --num_nodes "${num_nodes}" "${exp}/log/train.log" "${train_args[@]}"
+    # path.sh sets OMP_NUM_THREADS=1 (right for many parallel jobs); a CPU training process gets this node's cores.
+    local thread_opt=()
+    [ "${ngpu}" -gt 0 ] || thread_opt=(--num_threads "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)")
+    ${cuda_cmd} --gpu "${ngpu}" --num_nodes "${num_nodes}" "${thread_opt[@]+"${thread_opt[@]}"}" "${exp}/log/train.log" \
+        "${train_args[@]}"
     [ -f "${exp}/.completed" ] || die "stage ${n}: training stopped before the end (no ${exp}/.completed); see" \
         "${exp}/log/train.log. Re-run the stage to resume from the newest checkpoint."
 }
