@@ -223,6 +223,9 @@ mkdir -p "${expdir}"
     echo
 } >> "${expdir}/cmd.log"
 log "$0 ${orig_args[*]+"${orig_args[*]}"}"
+# This machine's cores (path.sh's OMP_NUM_THREADS=1, which nproc obeys, is for many parallel jobs): CPU training
+# jobs get them all, CPU decoding jobs share them.
+ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 log "stages ${stage}-${stop_stage}, cmd_backend=${cmd_backend:-unset}, nj=${nj}, sets: $(echo ${sets})"
 
 # ================================================================================================ stage 0: setup
@@ -404,9 +407,8 @@ run_training() {  # run_training <stage> <config> <exp dir> <extra args...>
     write_stage_script "${exp}/run_stage${n}.sh" "${n}"
     log "stage ${n}: training ${exp} on ${num_nodes} node(s) x $((ngpu > 0 ? ngpu : 1)) process(es)" \
         "(log: ${exp}/log/train.log; TensorBoard: ${exp}/tensorboard)"
-    # path.sh sets OMP_NUM_THREADS=1 (right for many parallel jobs); a CPU training process gets this node's cores.
     local thread_opt=()
-    [ "${ngpu}" -gt 0 ] || thread_opt=(--num_threads "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)")
+    [ "${ngpu}" -gt 0 ] || thread_opt=(--num_threads "${ncores}")
     ${cuda_cmd} --gpu "${ngpu}" --num_nodes "${num_nodes}" "${thread_opt[@]+"${thread_opt[@]}"}" "${exp}/log/train.log" \
         "${train_args[@]}"
     [ -f "${exp}/.completed" ] || die "stage ${n}: training stopped before the end (no ${exp}/.completed); see" \
@@ -484,7 +486,6 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
         _cmd=${decode_cmd}
         decode_opts+=(--device cpu)
     fi
-    ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     suffix=${inference_tag:+_${inference_tag}}
     log "stage 6: decoding ${test_sets} with ${model} (${decode_config:-default settings} ${decode_args})"
     for dset in ${test_sets}; do
