@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from blspkd.models.configuration_blspkd import LossWeights
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "egs/mini_espeak/local"
 
@@ -29,11 +31,11 @@ def test_warmstart_config_trains_the_adapter_without_the_llm_and_matches_the_kd_
     conf = REPO / "egs/mini_espeak/conf"
     warm = from_yaml_file(TrainConfig, conf / "warmstart.yaml")
     kd = from_yaml_file(TrainConfig, conf / "pretrain.yaml")
-    BlspKdConfig(**warm.model)
-    assert set(warm.model["losses"]) == {"cif_ce", "cif"}  # no LLM pass: the point of the warm start
-    assert warm.model["adapter"] == kd.model["adapter"]  # KD loads the warm-start weights (init_from)
+    assert isinstance(warm.model, BlspKdConfig)  # checked strictly by the parser
+    assert set(warm.model.losses.enabled()) == {"cif_ce", "cif"}  # no LLM pass: the point of the warm start
+    assert warm.model.adapter == kd.model.adapter  # KD loads the warm-start weights (init_from)
     for key in ("system_prompt", "cif_ce_temperature"):
-        assert warm.model.get(key) == kd.model.get(key), key
+        assert getattr(warm.model, key) == getattr(kd.model, key), key
 
 
 def test_listening_metrics_do_not_depend_on_batching_and_match_a_direct_computation(tiny_model_dir, decode_dump_dir):
@@ -44,19 +46,19 @@ def test_listening_metrics_do_not_depend_on_batching_and_match_a_direct_computat
 
     evaluate = load_local("evaluate")
     model = load_model(tiny_model_dir, "cpu")
-    own = (dict(model.config.losses), model.config.temperature)
+    own = (model.config.losses.enabled(), model.config.temperature)
     small = evaluate.listening_metrics(model, str(decode_dump_dir), batch_size=2, temperature=2.0)
     whole = evaluate.listening_metrics(model, str(decode_dump_dir), batch_size=100, temperature=2.0)
     assert small["num_utts"] == whole["num_utts"] == 7
     for key in ("input_kl", "agreement", "cif_exact", "cif_within1", "cif_rel_err", "emb_cos", "emb_nearest_acc"):
         assert small[key] == pytest.approx(whole[key], abs=1e-4), key
-    assert (model.config.losses, model.config.temperature) == own  # restored after measuring
+    assert (model.config.losses.enabled(), model.config.temperature) == own  # restored after measuring
 
     # reference: every utterance in one batch through the model's forward, and the CIF counts by hand
     data = TrainingData([decode_dump_dir], [TaskConfig(kind="plain")], "frames")
     batch = BlspKdCollator(model.tokenizer, model.config)([data[x] for x in data.all_examples()])
     saved = model.config.losses
-    model.config.losses = {"input_kl": 1.0}
+    model.config.losses = LossWeights(input_kl=1.0)
     with torch.no_grad():
         out = model(**batch)
         speech = model.encode_speech(batch["feats"], batch["feats_lengths"])

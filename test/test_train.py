@@ -30,12 +30,7 @@ def tiny_args(whisper, llm, dumps, exp, conf="pretrain.yaml", *extra) -> list[st
 
 
 def tiny_cfg(whisper, llm, dumps, exp, conf="pretrain.yaml", *extra) -> TrainConfig:
-    from blspkd.bin.train import split_model_overrides
-
-    argv, model = split_model_overrides(tiny_args(whisper, llm, dumps, exp, conf, *extra))
-    cfg = parse_config(TrainConfig, argv)
-    cfg.model.update(model)
-    return cfg
+    return parse_config(TrainConfig, tiny_args(whisper, llm, dumps, exp, conf, *extra))
 
 
 # ---------------------------------------------------------------------------------------------------- sampler
@@ -151,21 +146,29 @@ def test_yaml_typo_is_an_error_naming_the_key(tmp_path):
 def test_print_config_prints_every_key():
     import yaml
 
-    r = run_cli("--config", str(TINY / "pretrain.yaml"), "--model.temperature", "1.5", "--print_config")
+    r = run_cli("--config", str(TINY / "pretrain.yaml"), "--model.temperature", "1.5", "--model.adapter.num_heads",
+                "2", "--print_config")
     assert r.returncode == 0, r.stderr
     printed = yaml.safe_load(r.stdout)
     flat = set()
 
     def walk(d, prefix=""):
         for k, v in d.items():
-            if isinstance(v, dict) and k != "model":
+            if isinstance(v, dict):
                 walk(v, f"{prefix}{k}.")
             else:
                 flat.add(f"{prefix}{k}")
 
     walk(printed)
-    assert flat == set(flat_keys(TrainConfig))
-    assert printed["model"]["temperature"] == 1.5 and printed["model"]["losses"] == {"input_kl": 1.0, "cif": 1.0}
+    # every key, the model's included; PLoRA is off (null), so its keys are the one key model.plora
+    assert flat == {k for k in flat_keys(TrainConfig) if not k.startswith("model.plora.")} | {"model.plora"}
+    model = printed["model"]
+    assert model["temperature"] == 1.5 and model["plora"] is None
+    assert model["losses"] == {"input_kl": 1.0, "response_kl": None, "response_ce": None, "cif": 1.0, "cif_ce": None}
+    assert model["adapter"] == {"d_model": None, "num_heads": 2, "ffn_dim": None, "num_pre_cif_layers": 1,
+                                "num_post_cif_layers": 1, "pre_cif_dropout": 0.0, "post_cif_dropout": 0.1,
+                                "frame_pooling": 1, "threshold": 1.0}
+    assert "id2label" not in model and "chunk_size_feed_forward" not in model
 
 
 @pytest.mark.parametrize("name", ["pretrain.yaml", "finetune.yaml", "tiny/pretrain.yaml", "tiny/finetune.yaml"])
@@ -174,18 +177,48 @@ def test_recipe_configs_load_and_their_model_sections_are_valid(name):
     from blspkd.train.dataset import task_instruction
     from blspkd.utils.config import from_yaml_file
 
-    cfg = from_yaml_file(TrainConfig, REPO / "egs/mini_espeak/conf" / name)
-    BlspKdConfig(**cfg.model)  # raises on an unknown adapter key or loss name
-    unknown = set(cfg.model) - set(BlspKdConfig().to_dict())
-    assert not unknown, unknown
+    cfg = from_yaml_file(TrainConfig, REPO / "egs/mini_espeak/conf" / name)  # unknown model keys raise
+    assert isinstance(cfg.model, BlspKdConfig) and cfg.model.losses.enabled()
     assert all(task_instruction(t) is None or task_instruction(t).strip() for t in cfg.data.tasks)
 
 
-def test_unknown_model_key_is_an_error(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs, tmp_path):
-    cfg = tiny_cfg(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs, tmp_path / "exp", "pretrain.yaml",
-                   "--model.temprature", "1.0")
-    with pytest.raises(ConfigError, match="model: unknown key 'temprature' \\(did you mean 'temperature'\\?\\)"):
-        run(cfg)
+@pytest.mark.parametrize("key,close", [("model.temprature", "model.temperature"),
+                                       ("model.adapter.num_head", "model.adapter.num_heads"),
+                                       ("model.losses.input_KL", "model.losses.input_kl"),
+                                       ("model.id2labels", None)])  # transformers' own fields are not model keys
+def test_unknown_model_key_names_the_closest_real_key(key, close):
+    hint = f" \\(did you mean '{close}'\\?\\)" if close else "\\."
+    with pytest.raises(ConfigError, match=f"command line: unknown key '{key}'{hint}"):
+        parse_config(TrainConfig, ["--config", str(TINY / "pretrain.yaml"), f"--{key}", "1"])
+
+
+def test_init_from_config_is_the_base_and_model_keys_override_it_strictly(tmp_path):
+    import json
+
+    from blspkd.models import BlspKdConfig
+
+    saved = tmp_path / "pre_model"
+    BlspKdConfig(speech_encoder="enc", llm="lm", adapter={"num_heads": 3, "frame_pooling": 2}, temperature=1.0,
+                 losses={"cif_ce": 1.0, "cif": 1.0}, system_prompt="S").save_pretrained(saved)
+    base = ["--config", str(TINY / "finetune.yaml"), "--init_from", str(saved)]
+    cfg = parse_config(TrainConfig, [*base, "--model.adapter.threshold", "0.9"])
+    m = cfg.model
+    # kept from the saved model: base paths, adapter sizes, prompts, KD temperature
+    assert (m.speech_encoder, m.llm, m.system_prompt, m.temperature) == ("enc", "lm", "S", 1.0)
+    assert (m.adapter.num_heads, m.adapter.frame_pooling, m.adapter.threshold) == (3, 2, 0.9)
+    # the yaml's loss weights replace the saved ones (cif_ce is off), its plora section turns PLoRA on
+    assert m.losses.enabled() == {"response_kl": 1.0, "response_ce": 1.0, "cif": 0.1}
+    assert (m.plora.r, m.plora.lora_alpha, m.plora.target_modules) == (4, 4, "all-linear")
+    with pytest.raises(ConfigError, match="unknown key 'model.adapter.num_head' \\(did you mean 'model.adapter.num_heads"):
+        parse_config(TrainConfig, [*base, "--model.adapter.num_head", "2"])
+    with pytest.raises(ConfigError, match="'model.losses.cif' must be float | None, got 'x'"):
+        parse_config(TrainConfig, [*base, "--model.losses.cif", "x"])
+    with pytest.raises(ConfigError, match="init_from: .*nowhere/config.json not found"):
+        parse_config(TrainConfig, [*base, "--init_from", str(tmp_path / "nowhere")])
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "adapter": {**config["adapter"], "num_head": 1}}))
+    with pytest.raises(ConfigError, match="adapter: unknown key 'num_head' \\(did you mean 'num_heads'"):
+        parse_config(TrainConfig, base)
 
 
 # ---------------------------------------------------------------------------------------------------- the trainer

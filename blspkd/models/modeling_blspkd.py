@@ -29,6 +29,7 @@ from blspkd.losses import cif_quantity_loss, embedding_ce, kd_kl
 from blspkd.models.cif import CFormer
 from blspkd.models.configuration_blspkd import BlspKdConfig
 from blspkd.models.speech_encoder import WhisperSpeechEncoder
+from blspkd.utils.config import check_fields, to_dict, update_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,25 @@ class BlspKdModel(nn.Module):
         if config.plora is not None:
             from blspkd.models.plora import apply_plora
 
-            llm = apply_plora(llm, dict(config.plora))
+            llm = apply_plora(llm, to_dict(config.plora))
         self.llm = llm
         self.framing = ChatFraming(self.tokenizer, config.system_prompt, config.instruction_separator)
-        a = dict(config.adapter)
         self.adapter = CFormer(input_dim=self.speech_encoder.output_dim, llm_dim=self._causal_lm().config.hidden_size,
-                               **a)
+                               **to_dict(config.adapter))
+
+    def train(self, mode: bool = True) -> BlspKdModel:
+        """Training mode for what trains: the adapter, PLoRA's dropout, an unfrozen encoder. The frozen LLM stays in
+        eval mode (its dropout off: the teacher is the deterministic base LLM and the student reads the same layers);
+        a decoder layer under gradient checkpointing keeps its own training flag, which is what makes transformers
+        checkpoint it, while its submodules stay in eval mode."""
+        super().train(mode)
+        self.llm.eval()
+        for module in self.llm.modules():
+            if hasattr(module, "lora_dropout"):  # peft LoRA layers (PLoRA)
+                module.lora_dropout.train(mode)
+            if getattr(module, "gradient_checkpointing", False) is True:
+                module.training = mode
+        return self
 
     # ---- pieces of the LLM -------------------------------------------------------------------------------------
     def _causal_lm(self):
@@ -103,12 +117,12 @@ class BlspKdModel(nn.Module):
         return plora_mask(self.llm, mask)
 
     def _teacher_context(self):
-        """The teacher is exactly the original LLM: no gradient, no PLoRA mask, peft adapters disabled."""
+        """The teacher is exactly the original LLM: no gradient, and the PLoRA mask None, under which every PLoRA layer
+        is its base layer. (peft's ``disable_adapter()`` is not needed, and harmful: on exit it sets requires_grad=True
+        on every LoRA weight.)"""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
         stack.enter_context(self._plora(None))
-        if hasattr(self.llm, "disable_adapter"):
-            stack.enter_context(self.llm.disable_adapter())
         return stack
 
     # ---- parameters and state -------------------------------------------------------------------------------------
@@ -161,10 +175,8 @@ class BlspKdModel(nn.Module):
         if not weights.exists():
             raise FileNotFoundError(f"{weights} not found: not a directory written by BlspKdModel.save_pretrained")
         config = BlspKdConfig.from_pretrained(model_dir)
-        for key, value in config_overrides.items():
-            if not hasattr(config, key):
-                raise ValueError(f"from_pretrained: unknown config field {key!r}")
-            setattr(config, key, value)
+        update_from_dict(config, config_overrides, "from_pretrained")
+        check_fields(config, "from_pretrained")
         model = cls(config, base_dir=model_dir)
         missing = model.load_trainable_state_dict(load_file(str(weights)), strict=False)
         if missing:
@@ -203,7 +215,7 @@ class BlspKdModel(nn.Module):
         response_mask: torch.Tensor,
         num_tokens: torch.Tensor,
     ) -> dict:
-        weights = self.config.losses
+        weights = self.config.losses.enabled()
         speech = self.encode_speech(feats, feats_lengths, num_tokens)
         out: dict = {}
         stats = {"num_tokens": float(num_tokens.sum()), "batch_size": float(len(num_tokens)),
@@ -225,7 +237,7 @@ class BlspKdModel(nn.Module):
         return out
 
     def _llm_losses(self, speech, input_ids, attention_mask, transcript_mask, response_mask, stats) -> dict:
-        weights = self.config.losses
+        weights = self.config.losses.enabled()
         # row i predicts token i+1: response rows are the positions just before each response token
         response_rows = torch.zeros_like(response_mask)
         response_rows[:, :-1] = response_mask[:, 1:]

@@ -24,7 +24,8 @@ for each forward, the mask of the positions that forward processes and hands it 
   tokens are text); without a cache every step re-reads the prompt, gets the same mask padded with zeros: both agree;
 * a batch that generate expanded (beam search, num_return_sequences) gets the mask repeated the same way;
 * ``plora_mask(model, None)`` switches PLoRA off inside an outer mask context (the teacher pass, which must be exactly
-  the original LLM; peft's ``disable_adapter()`` works as well).
+  the original LLM; peft's ``disable_adapter()`` would give the same outputs but sets requires_grad=True on every LoRA
+  weight when it exits).
 
 Gradient checkpointing recomputes the decoder layers during ``backward()``, usually after the ``plora_mask`` context
 has exited (or while another forward's mask is set). Enable it with ``enable_gradient_checkpointing(peft_model)``: the
@@ -46,9 +47,10 @@ from peft.tuners.lora import layer as lora_layer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-# Reference defaults (BLSP2): r=16, alpha=16, dropout 0.05 on every attention and MLP projection. "all-linear" is
-# peft's name for every linear layer of the decoder except the output head, which is exactly that set for HF causal LMs.
-DEFAULT_PLORA = {"r": 16, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+from blspkd.models.configuration_blspkd import PLoraConfig
+
+# The reference defaults (BLSP2), as the model config states them: r=16, alpha=16, dropout 0.05, "all-linear".
+DEFAULT_PLORA = dataclasses.asdict(PLoraConfig())
 
 
 @dataclasses.dataclass
@@ -103,8 +105,11 @@ def _plora_conv1d(target: nn.Module, adapter_name: str, config: LoraConfig, **kw
     return PLoraLinear(target, adapter_name, config=config, is_target_conv_1d_layer=True, **kwargs)
 
 
-def make_plora_config(lora_config: LoraConfig | dict | None = None) -> LoraConfig:
-    """A peft ``LoraConfig`` for PLoRA: reference defaults, updated by a dict, or a given LoraConfig (copied)."""
+def make_plora_config(lora_config: LoraConfig | PLoraConfig | dict | None = None) -> LoraConfig:
+    """A peft ``LoraConfig`` for PLoRA: reference defaults, updated by a dict or a model config's ``PLoraConfig``, or a
+    given LoraConfig (copied)."""
+    if isinstance(lora_config, PLoraConfig):
+        lora_config = dataclasses.asdict(lora_config)
     if isinstance(lora_config, LoraConfig):
         config = LoraConfig(**{f.name: getattr(lora_config, f.name) for f in dataclasses.fields(LoraConfig) if f.init})
     else:
@@ -175,7 +180,7 @@ def _past_length(kwargs: dict) -> int:
 def _select_mask(state: _PLoraState, backbone: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook: set ``state.active`` to the mask of the positions this forward processes (or None)."""
     _select_active(state, args, kwargs)
-    if state.active is not None and backbone.training and torch.is_grad_enabled():
+    if state.active is not None and torch.is_grad_enabled():  # (BlspKdModel trains with the LLM in eval mode)
         _check_checkpointing(state, backbone)
 
 

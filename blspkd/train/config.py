@@ -6,7 +6,11 @@ Every key is strict: a typo in a YAML file or on the command line is an error na
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Literal
+
+from blspkd.models.configuration_blspkd import BlspKdConfig
+from blspkd.utils.config import ConfigError
 
 
 @dataclass
@@ -63,13 +67,23 @@ class OptimConfig:
     clip_grad_norm: float | None = 1.0
 
 
+def saved_model_config(model_dir: str) -> BlspKdConfig:
+    """The config.json of a saved model dir (``init_from``), read as strictly as the model section itself."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"init_from: {path} not found (give a model dir written by save_pretrained, e.g. "
+                          "exp/pretrain/model)")
+    return BlspKdConfig.from_pretrained(model_dir)
+
+
 @dataclass
 class TrainConfig:
     exp_dir: str = "exp/blspkd"
-    # Arguments of blspkd.models.BlspKdConfig (speech_encoder, llm, adapter sizes, plora, losses, temperature, prompts).
-    model: dict[str, Any] = field(default_factory=dict)
+    # The model (blspkd.models.BlspKdConfig: base models, CFormer sizes, PLoRA, loss weights, prompts); with init_from,
+    # the config saved with that model is the base and these keys override it.
+    model: BlspKdConfig = field(default_factory=BlspKdConfig, metadata={"base": ("init_from", saved_model_config)})
     # A model directory (save_pretrained output, e.g. the previous stage's exp_dir/model) whose trainable weights start
-    # this run; its config is the base and ``model`` keys override it. Stage 5 starts from stage 4 this way.
+    # this run. Stage 5 starts from stage 4 this way.
     init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

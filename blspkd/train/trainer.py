@@ -64,39 +64,25 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The BlspKdModel of ``cfg.model``, or of ``cfg.init_from`` (its weights) with ``cfg.model`` overrides."""
-    from blspkd.models import BlspKdConfig, BlspKdModel
+    """The BlspKdModel of ``cfg.model``; with ``cfg.init_from``, its trainable weights start from that model's (the
+    config parser already made that model's config the base of ``cfg.model``)."""
+    from blspkd.models import BlspKdModel
 
-    valid = set(BlspKdConfig().to_dict())
-    for key in cfg.model:
-        if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"model: unknown key '{key}'{hint}; valid keys: {', '.join(sorted(valid))}")
+    model = BlspKdModel(cfg.model)
     if cfg.init_from:
-        init = Path(cfg.init_from)
-        if not (init / "config.json").is_file():
-            raise FileNotFoundError(f"init_from: {init}/config.json not found (give a save_pretrained model dir)")
-        mcfg = BlspKdConfig.from_pretrained(str(init))
-        for key, value in cfg.model.items():
-            setattr(mcfg, key, value)
-        model = BlspKdModel(mcfg)
         from safetensors.torch import load_file
 
+        init = Path(cfg.init_from)
         init_sd = load_file(str(init / "model.safetensors"))
         own = model.trainable_state_dict()
         used = {k: v for k, v in init_sd.items() if k in own}
         new = sorted(set(own) - set(init_sd))
         dropped = sorted(set(init_sd) - set(own))
-        merged = {**own, **used}
-        model.load_trainable_state_dict(merged)
+        model.load_trainable_state_dict({**own, **used})
         logger.info("init_from %s: %d tensors loaded, %d newly initialised%s, %d not trainable here%s", init,
                     len(used), len(new), f" (e.g. {new[0]})" if new else "", len(dropped),
                     f" (e.g. {dropped[0]})" if dropped else "")
-        return model
-    if not cfg.model:
-        raise ConfigError("model: empty; name at least speech_encoder and llm (see --print_config of a recipe's conf)")
-    return BlspKdModel(BlspKdConfig(**cfg.model))
+    return model
 
 
 def build_collator(model: nn.Module):

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from blspkd.data.collate import BlspKdCollator
+from blspkd.models.configuration_blspkd import LossWeights
 from blspkd.train.config import TaskConfig
 from blspkd.train.dataset import TrainingData, task_instruction
 from blspkd.utils.logging import setup_logging
@@ -48,8 +49,8 @@ def build_untrained(config_yaml: str, speech_encoder: str, llm: str, out: Path) 
     from blspkd.train.trainer import build_model
     from blspkd.utils.config import parse_config
 
-    cfg = parse_config(TrainConfig, ["--config", config_yaml, "--init_from", "null"])
-    cfg.model = {**cfg.model, "speech_encoder": speech_encoder, "llm": llm}
+    cfg = parse_config(TrainConfig, ["--config", config_yaml, "--init_from", "null", "--model.speech_encoder",
+                                     speech_encoder, "--model.llm", llm])
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     model.save_pretrained(out)
@@ -66,7 +67,7 @@ def listening_metrics(model, dump_dir: str, batch_size: int, temperature: float,
     examples = sorted(data.all_examples(), key=lambda e: data.lengths[e[0]][e[1]])  # similar lengths batch together
     collate = BlspKdCollator(model.tokenizer, model.config)
     saved_losses, saved_t = model.config.losses, model.config.temperature
-    model.config.losses, model.config.temperature = {"input_kl": 1.0, "cif": 1.0}, temperature
+    model.config.losses, model.config.temperature = LossWeights(input_kl=1.0, cif=1.0), temperature
     emb = model.llm.get_input_embeddings().weight.float()
     emb_unit = torch.nn.functional.normalize(emb, dim=-1)
     sums = dict.fromkeys(["kl", "agree", "rows", "exact", "within1", "rel_err", "utts", "cos", "norm_ratio",
