@@ -73,3 +73,39 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         parse_config(Cfg, ["--config", str(bad)])
+
+
+@dataclass
+class Texts:
+    separator: str = "\n"  # text between the instruction and the speech
+    # Instruction of an example that has none.
+    instruction: str | None = "Repeat."
+    kind: Literal["yes", "no"] = "no"
+    count: int = 3
+
+
+def test_text_options_take_the_command_line_text_as_typed():
+    cfg = parse_config(Texts, ["--separator", "\n", "--instruction", "yes", "--kind", "yes", "--count", "4"])
+    assert (cfg.separator, cfg.instruction, cfg.kind, cfg.count) == ("\n", "yes", "yes", 4)
+    assert parse_config(Texts, ["--separator", "", "--instruction", "1e-4"]).instruction == "1e-4"
+    assert parse_config(Texts, ["--separator", "", "--instruction", "null"]).instruction is None
+    assert parse_config(Texts, ["--separator", "null"]).separator == "null"  # not optional: "null" is its text
+
+
+def test_help_lists_every_key_with_default_and_comment_on_one_line_each(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Texts, ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    keys = out.split("(default, then what it is):\n", 1)[1].splitlines()
+    assert keys == [
+        r'  --separator "\n"'.ljust(48) + " text between the instruction and the speech",
+        "  --instruction Repeat.".ljust(48) + " Instruction of an example that has none.",
+        "  --kind no",
+        "  --count 3",
+    ]
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, ["-h"])
+    out = capsys.readouterr().out
+    assert "\n\n  --" not in out.split("what it is):", 1)[1]  # no blank line between options
+    assert "  --optim.warmup_steps 1000" in out and "  --losses {\"input_kl\": 1.0}" in out

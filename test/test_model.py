@@ -115,7 +115,8 @@ def test_forward_returns_losses_stats_and_gradients(tiny_blspkd_config):
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_blspkd_config):
     """Training mode, dropout 0: PLoRA and adapter gradients with activation checkpointing equal those without, though
-    backward runs after the model left its PLoRA mask context (as in the trainer)."""
+    backward runs after the model left its PLoRA mask context (as in the trainer); the layers are really recomputed,
+    although the frozen LLM runs in eval mode."""
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
@@ -125,7 +126,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_blspkd_config):
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert all(layer.gradient_checkpointing for layer in model.backbone.layers)
-        model(**_batch(model))["loss"].backward()
+        calls = []
+        model.backbone.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
+        loss = model(**_batch(model))["loss"]
+        calls.clear()
+        loss.backward()
+        assert len(calls) == (1 if checkpointing else 0)  # the student's layer 0 recomputed in backward
         grads.append({n: p.grad.clone() for n, p in model.trainable_named_parameters()})
     assert grads[0].keys() == grads[1].keys()
     assert any("lora_A" in n for n in grads[0]) and any(n.startswith("adapter.") for n in grads[0])
@@ -142,6 +148,11 @@ def test_teacher_is_the_base_llm_without_grad_and_ignores_plora(tiny_blspkd_conf
     (hidden,) = model.teacher_hidden(batch["input_ids"], batch["attention_mask"], [rows])
     logits = model.lm_head(hidden)
     assert not hidden.requires_grad
+    # the teacher pass leaves the LoRA weights' requires_grad as it found them (peft's disable_adapter() would not)
+    lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
+    lora[0].requires_grad_(False)
+    model.teacher_hidden(batch["input_ids"], batch["attention_mask"], [rows])
+    assert [p.requires_grad for p in lora] == [False] + [True] * (len(lora) - 1)
     base = AutoModelForCausalLM.from_pretrained(tiny_llm_dir).eval()
     ref = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[rows]
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
@@ -152,6 +163,38 @@ def test_teacher_is_the_base_llm_without_grad_and_ignores_plora(tiny_blspkd_conf
             for k in ("input_ids", "attention_mask", "transcript_mask")}
     (left_hidden,) = model.teacher_hidden(left["input_ids"], left["attention_mask"], [left["transcript_mask"]])
     torch.testing.assert_close(model.lm_head(left_hidden), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_training_mode_keeps_the_frozen_llm_deterministic(tiny_whisper_dir, tiny_llm_dir, tmp_path):
+    """An LLM whose config has dropout: in training mode the teacher is still the deterministic base LLM (the frozen
+    LLM and encoder stay in eval mode) while the adapter and PLoRA's own dropout train."""
+    import json
+    import shutil
+
+    from fixtures.tiny_models import make_tiny_blspkd_config
+
+    llm = tmp_path / "llm_with_dropout"
+    shutil.copytree(tiny_llm_dir, llm)
+    config = json.loads((llm / "config.json").read_text())
+    (llm / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    model = BlspKdModel(make_tiny_blspkd_config(tiny_whisper_dir, llm, plora={"r": 4, "lora_dropout": 0.5})).train()
+    batch = _batch(model)
+    rows = batch["transcript_mask"]
+    teacher = [model.lm_head(model.teacher_hidden(batch["input_ids"], batch["attention_mask"], [rows])[0])
+               for _ in range(2)]
+    torch.testing.assert_close(teacher[0], teacher[1], rtol=0, atol=0)
+    base = AutoModelForCausalLM.from_pretrained(llm).eval()
+    ref = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[rows]
+    torch.testing.assert_close(teacher[0], ref, atol=1e-5, rtol=1e-5)
+    assert model.training and model.adapter.training and not model.speech_encoder.encoder.training
+    assert not model.backbone.training and not model.backbone.layers[0].self_attn.training
+    lora = [m for m in model.llm.modules() if hasattr(m, "lora_dropout")]
+    assert lora and all(m.lora_dropout.training for m in lora)
+    _randomize_plora(model)
+    student = [model(**batch)["stats"]["input_kl"] for _ in range(2)]
+    assert student[0] != student[1]  # PLoRA's dropout (and the adapter's) still draw
+    model.eval()
+    assert not any(m.lora_dropout.training for m in lora) and not model.adapter.training
 
 
 def test_oracle_adapter_gives_zero_kl(tiny_blspkd_config, monkeypatch):

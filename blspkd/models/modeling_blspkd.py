@@ -108,6 +108,7 @@ class BlspKdModel(nn.Module):
             enable_gradient_checkpointing(self.llm)
         else:
             self._causal_lm().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.train(self.training)  # the checkpointed layers' own training flags (see ``train``)
 
     def _plora(self, mask: torch.Tensor | None):
         if self.config.plora is None:
