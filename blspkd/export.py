@@ -93,7 +93,8 @@ def model_card(config: dict, info: dict, results: str | None) -> str:
         f"- adapter: {adapter.get('num_pre_cif_layers')} pre-CIF + {adapter.get('num_post_cif_layers')} post-CIF "
         f"layers, frame pooling {adapter.get('frame_pooling')}, CIF threshold {adapter.get('threshold')}",
         f"- PLoRA: {json.dumps(plora) if plora else 'off'}",
-        f"- training losses: {json.dumps(config.get('losses'))}, KD temperature {config.get('temperature')}",
+        f"- training losses: {json.dumps({k: w for k, w in config['losses'].items() if w is not None})}, KD "
+        f"temperature {config.get('temperature')}",
         f"- default instruction: {config.get('default_instruction')!r}, system prompt: {config.get('system_prompt')!r}",
         f"- trained weights: model.safetensors, sha256 `{info['weights_sha256']}`",
         f"- exported from `{info['source_model_dir']}` on {info['created']}",

@@ -1,4 +1,4 @@
-"""BLSP-KD losses (method.md 4 and 7). Every function works on already selected rows, so callers only build
+"""BLSP-KD losses (doc/method.md §5). Every function works on already selected rows, so callers only build
 full-vocabulary logits for the rows a loss uses.
 
 * ``kd_kl``: input_kl / response_kl,

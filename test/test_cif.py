@@ -1,4 +1,4 @@
-"""CIF (method.md 2.5) against a deliberately simple frame-by-frame loop, gradients, and the CFormer adapter."""
+"""CIF (doc/method.md §3.3) against a deliberately simple frame-by-frame loop, gradients, and the CFormer adapter."""
 import pytest
 import torch
 

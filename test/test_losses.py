@@ -1,4 +1,4 @@
-"""KD losses against hand computations (method.md 4, 7)."""
+"""KD losses against hand computations (doc/method.md §5)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Partial LoRA (blspkd/models/plora.py) on tiny random Llama and Qwen2 models (method.md section 5)."""
+"""Partial LoRA (blspkd/models/plora.py) on tiny random Llama and Qwen2 models (doc/method.md §6)."""
 from __future__ import annotations
 
 import copy

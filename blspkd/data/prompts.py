@@ -1,4 +1,4 @@
-"""Chat framing of BLSP-KD sequences from the tokenizer's own chat template (method.md 3).
+"""Chat framing of BLSP-KD sequences from the tokenizer's own chat template (doc/method.md §4).
 
     teacher: [prefix | instruction? | transcript tokens | suffix (+ response + end of turn)]
     student: [prefix | instruction? | N speech tokens   | suffix (+ response + end of turn)]

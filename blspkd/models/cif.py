@@ -1,4 +1,4 @@
-"""Continuous integrate-and-fire (CIF) and the CFormer adapter (method.md 2.5-2.6).
+"""Continuous integrate-and-fire (CIF) and the CFormer adapter (doc/method.md §3).
 
 CIF turns T frames into exactly N token vectors. With per-frame weights alpha_t (zero on padding), the target count N
 and the threshold beta (1.0 in the paper):
@@ -102,7 +102,7 @@ def cif_weights(alphas: torch.Tensor, num_tokens: torch.Tensor, threshold: float
 
 
 def pool_frames(hidden: torch.Tensor, mask: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average groups of ``factor`` consecutive valid frames (method.md 7): (B, T, C) -> (B, ceil(T/factor), C).
+    """Average groups of ``factor`` consecutive valid frames (doc/method.md §9): (B, T, C) -> (B, ceil(T/factor), C).
 
     Padded frames are left out of each average, so a row's result does not depend on how much padding follows it.
     """

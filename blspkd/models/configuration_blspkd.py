@@ -30,7 +30,7 @@ class CFormerConfig:
     # Dropout of the pre-CIF layers; the CIF weights come out of them and dropout there made them unlearnable.
     pre_cif_dropout: float = 0.0
     post_cif_dropout: float = 0.1  # dropout of the post-CIF layers and of the CIF output
-    frame_pooling: int = 1  # average this many encoder frames before the adapter (doc/method.md "Frame pooling")
+    frame_pooling: int = 1  # average this many encoder frames before the adapter (doc/method.md §9)
     threshold: float = 1.0  # the CIF firing threshold beta
 
 
@@ -53,7 +53,7 @@ class LossWeights:
     """Weight of each training loss; null = the loss is off (not computed). A mapping given for the whole section names
     every loss of the run: the losses it leaves out are off."""
 
-    input_kl: float | None = None  # KL(teacher || student) on the transcript rows (doc/method.md "Losses")
+    input_kl: float | None = None  # KL(teacher || student) on the transcript rows (doc/method.md §5.1)
     response_kl: float | None = None  # the same on the rows that predict response tokens
     response_ce: float | None = None  # cross-entropy of the student on the response tokens
     cif: float | None = None  # CIF quantity loss |sum alpha / N - 1|

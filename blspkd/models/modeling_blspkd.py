@@ -1,6 +1,6 @@
 """``BlspKdModel``: Whisper encoder -> CFormer (CIF) -> LLM, trained by distillation from the same LLM reading text.
 
-Training forward (method.md 3-4), with teacher and student sharing one token layout (N = transcript token count):
+Training forward (doc/method.md §4-5), with teacher and student sharing one token layout (N = transcript token count):
 
     teacher: no_grad, adapters off:  h_T = LLM([prefix | transcript | suffix | response])
     student: PLoRA on speech rows:   h_S = LLM([prefix | speech tokens | suffix | response])

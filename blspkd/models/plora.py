@@ -1,4 +1,4 @@
-"""Partial LoRA (PLoRA): LoRA whose update is switched on per token (method.md section 5).
+"""Partial LoRA (PLoRA): LoRA whose update is switched on per token (doc/method.md §6).
 
     y_t = W x_t + m_t * (B A dropout(x_t)) * alpha / r
 

@@ -1,4 +1,4 @@
-"""Whisper encoder on the true input length (method.md 2), and the Whisper-shaped layer stack the adapter reuses.
+"""Whisper encoder on the true input length (doc/method.md §2), and the Whisper-shaped layer stack the adapter reuses.
 
 transformers' ``WhisperEncoder.forward`` insists on 3000 mel frames (30 s). ``WhisperSpeechEncoder`` runs the same
 modules on the real length instead: conv1 -> GELU -> conv2 (stride 2) -> GELU -> + embed_positions[:T'] -> layers ->

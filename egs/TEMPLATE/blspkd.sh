@@ -418,7 +418,7 @@ run_training() {  # run_training <stage> <config> <exp dir> <extra args...>
 # ================================================================================================ stage 4: KD pretraining
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && stage_requested 4; then
     warm=()
-    if [ -n "${warmstart_config}" ]; then  # phase 1 of stage 4 (method.md 7): the KD phase starts from its model
+    if [ -n "${warmstart_config}" ]; then  # phase 1 of stage 4 (doc/method.md §8): the KD phase starts from its model
         warm_exp=${expdir}/$(basename "${warmstart_config%.*}")
         run_training 4 "${warmstart_config}" "${warm_exp}"
         warm=(--init_from "${warm_exp}/model")
