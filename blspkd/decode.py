@@ -1,8 +1,8 @@
 """Decoding (recipe stage 6): a trained BLSP-KD model turns a dump dir's features into text, per task, in shards.
 
 For each utterance the adapter's CIF predicts the number of speech tokens, N_hat = max(1, round(sum_t alpha_t))
-(doc/method.md §3.2), and the LLM generates from ``[prefix | instruction | N_hat speech tokens | suffix]`` with a KV cache,
-PLoRA on the speech positions of the prompt only (``BlspKdModel.generate``). Greedy or beam search; repetition
+(doc/method.md §3.2), and the LLM generates from ``[prefix | instruction | N_hat speech tokens | suffix]`` with a KV
+cache, PLoRA on the speech positions of the prompt only (``BlspKdModel.generate``). Greedy or beam search; repetition
 controls are transformers' ``repetition_penalty`` and ``no_repeat_ngram_size``.
 
 Tasks (the instruction each utterance gets, and the per-utterance file that holds its reference):

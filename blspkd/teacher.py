@@ -2,9 +2,9 @@
 
 * ``utt2num_tokens``: the number of LLM tokens of each transcript, tokenized on its own without special tokens. This is
   N of the CIF adapter (doc/method.md §3.2), so the sampler can batch by tokens and a reader can see the target counts.
-* ``continuation`` (BLSP's behaviour-alignment data, doc/method.md §7): the LLM reads "<instruction><transcript>" as a user
-  turn of its chat template and continues greedily for at most ``max_new_tokens`` tokens. The response-KL loss later
-  teaches the speech student to behave the same way from speech.
+* ``continuation`` (BLSP's behaviour-alignment data, doc/method.md §7): the LLM reads "<instruction><transcript>" as a
+  user turn of its chat template and continues greedily for at most ``max_new_tokens`` tokens. The response-KL loss
+  later teaches the speech student to behave the same way from speech.
 * ``response`` (``task: response``): the LLM's answer when the transcript is itself a question or instruction (spoken
   instruction following), optionally preceded by the dump dir's per-utterance ``instruction``.
 

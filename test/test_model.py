@@ -70,7 +70,7 @@ def test_collator_rejects_empty_transcript(tiny_llm_dir, tiny_blspkd_config):
 
 
 def test_config_rejects_unknown_names(tiny_blspkd_config):
-    with pytest.raises(ConfigError, match=r"model config: losses: unknown key 'input_KL' \(did you mean 'input_kl'\?\)"):
+    with pytest.raises(ConfigError, match=r"config: losses: unknown key 'input_KL' \(did you mean 'input_kl'\?\)"):
         tiny_blspkd_config(losses={"input_KL": 1.0})
     with pytest.raises(ConfigError, match=r"adapter: unknown key 'num_layers' \(did you mean 'num_pre_cif_layers'\?\)"):
         tiny_blspkd_config(adapter={"num_layers": 2})
@@ -126,8 +126,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_blspkd_config):
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert all(layer.gradient_checkpointing for layer in model.backbone.layers)
-        calls = []
-        model.backbone.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
+        calls: list[int] = []
+        model.backbone.layers[0].self_attn.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         loss = model(**_batch(model))["loss"]
         calls.clear()
         loss.backward()

@@ -196,6 +196,7 @@ def test_init_from_config_is_the_base_and_model_keys_override_it_strictly(tmp_pa
     import json
 
     from blspkd.models import BlspKdConfig
+    from blspkd.train.trainer import build_model
 
     saved = tmp_path / "pre_model"
     BlspKdConfig(speech_encoder="enc", llm="lm", adapter={"num_heads": 3, "frame_pooling": 2}, temperature=1.0,
@@ -209,12 +210,15 @@ def test_init_from_config_is_the_base_and_model_keys_override_it_strictly(tmp_pa
     # the yaml's loss weights replace the saved ones (cif_ce is off), its plora section turns PLoRA on
     assert m.losses.enabled() == {"response_kl": 1.0, "response_ce": 1.0, "cif": 0.1}
     assert (m.plora.r, m.plora.lora_alpha, m.plora.target_modules) == (4, 4, "all-linear")
-    with pytest.raises(ConfigError, match="unknown key 'model.adapter.num_head' \\(did you mean 'model.adapter.num_heads"):
+    with pytest.raises(ConfigError, match="unknown key 'model.adapter.num_head' \\(did you mean 'model.adapter.num_he"):
         parse_config(TrainConfig, [*base, "--model.adapter.num_head", "2"])
     with pytest.raises(ConfigError, match="'model.losses.cif' must be float | None, got 'x'"):
         parse_config(TrainConfig, [*base, "--model.losses.cif", "x"])
-    with pytest.raises(ConfigError, match="init_from: .*nowhere/config.json not found"):
-        parse_config(TrainConfig, [*base, "--init_from", str(tmp_path / "nowhere")])
+    # a model dir that does not exist yet (stage 5's config before stage 4 ran): the config's own model section
+    ahead = parse_config(TrainConfig, [*base, "--init_from", str(tmp_path / "later")])
+    assert (ahead.model.speech_encoder, ahead.model.adapter.num_heads) == (None, 8)
+    with pytest.raises(ConfigError, match="init_from: .*later/config.json not found"):
+        build_model(ahead)
     config = json.loads((saved / "config.json").read_text())
     (saved / "config.json").write_text(json.dumps({**config, "adapter": {**config["adapter"], "num_head": 1}}))
     with pytest.raises(ConfigError, match="adapter: unknown key 'num_head' \\(did you mean 'num_heads'"):

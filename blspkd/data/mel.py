@@ -11,8 +11,9 @@ so T = L // 160 frames (100 per second). This is what ``WhisperFeatureExtractor.
 padding="do_not_pad")`` returns (for L up to 30 s). The extractor's default call pads x with zeros to 30 s first: then
 the frames whose window reaches past the end of x change (zeros instead of reflected samples) and the clamp maximum is
 taken over the padded array (the zeros only add E = -10 frames, so the maximum is the same in practice); every frame
-whose 400-sample window lies inside x is identical. We never pad (the encoder runs on the real length, see doc/method.md §2),
-so we match the unpadded call exactly. Output is returned as (T, n_mels) float32, the Kaldi feature layout.
+whose 400-sample window lies inside x is identical. We never pad (the encoder runs on the real length, see
+doc/method.md §2), so we match the unpadded call exactly. Output is returned as (T, n_mels) float32, the Kaldi
+feature layout.
 """
 from __future__ import annotations
 

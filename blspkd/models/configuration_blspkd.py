@@ -17,6 +17,7 @@ from transformers import PretrainedConfig
 
 from blspkd.utils.config import ConfigError, check_fields, to_dict, unknown_key_error
 
+
 @dataclass
 class CFormerConfig:
     """The CFormer adapter (``blspkd.models.cif.CFormer``): Whisper layers, CIF, Whisper layers, projection."""
@@ -81,7 +82,8 @@ class BlspKdConfig(PretrainedConfig):
 
     model_type = "blspkd"
     sub_configs: ClassVar[dict[str, type]] = {"adapter": CFormerConfig, "plora": PLoraConfig, "losses": LossWeights}
-    # transformers' own fields (id2label, chunk_size_feed_forward, ...) are not keys of a training config's model section
+    # transformers' own fields (id2label, chunk_size_feed_forward, ...) are not keys of a training config's model
+    # section
     config_skip_fields: ClassVar[tuple[type, ...]] = (PretrainedConfig,)
 
     # Local Hugging Face directory of the Whisper model; a relative path is resolved against a saved model dir first.

@@ -5,12 +5,15 @@ Every key is strict: a typo in a YAML file or on the command line is an error na
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from blspkd.models.configuration_blspkd import BlspKdConfig
 from blspkd.utils.config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,13 +70,24 @@ class OptimConfig:
     clip_grad_norm: float | None = 1.0
 
 
-def saved_model_config(model_dir: str) -> BlspKdConfig:
-    """The config.json of a saved model dir (``init_from``), read as strictly as the model section itself."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"init_from: {path} not found (give a model dir written by save_pretrained, e.g. "
-                          "exp/pretrain/model)")
+def saved_model_config(model_dir: str) -> BlspKdConfig | None:
+    """The config.json of a saved model dir (``init_from``), read as strictly as the model section itself; None (and a
+    warning) while the dir does not exist yet, so that a stage-5 config loads for inspection before stage 4 ran (the
+    trainer refuses to start without it)."""
+    if not (Path(model_dir) / "config.json").is_file():
+        logger.warning("init_from %s: no config.json there yet; the model section is this config's own, without the "
+                       "saved model's values", model_dir)
+        return None
     return BlspKdConfig.from_pretrained(model_dir)
+
+
+def check_init_from(model_dir: str) -> Path:
+    path = Path(model_dir)
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise ConfigError(f"init_from: {path / name} not found (give a model dir written by save_pretrained, e.g. "
+                              "exp/pretrain/model)")
+    return path
 
 
 @dataclass

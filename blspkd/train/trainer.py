@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from blspkd.train import checkpoint as ckpt
 from blspkd.train import distributed as D
-from blspkd.train.config import TrainConfig
+from blspkd.train.config import TrainConfig, check_init_from
 from blspkd.train.dataset import TrainingData
 from blspkd.train.sampler import BucketBatchSampler, steps_for
 from blspkd.utils.config import ConfigError, save_config, to_yaml
@@ -68,11 +68,11 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     config parser already made that model's config the base of ``cfg.model``)."""
     from blspkd.models import BlspKdModel
 
+    init = check_init_from(cfg.init_from) if cfg.init_from else None
     model = BlspKdModel(cfg.model)
-    if cfg.init_from:
+    if init is not None:
         from safetensors.torch import load_file
 
-        init = Path(cfg.init_from)
         init_sd = load_file(str(init / "model.safetensors"))
         own = model.trainable_state_dict()
         used = {k: v for k, v in init_sd.items() if k in own}

@@ -13,13 +13,14 @@ A config is a (nested) dataclass. ``parse_config(MyConfig, argv)`` understands:
   comment that documents it.
 
 Sections. A dataclass-typed field is a section: a mapping given for it updates its keys. A field with
-``metadata={"whole": True}`` is replaced instead (a fresh instance with the mapping's keys: e.g. the loss weights, where a
-mapping names every loss of the run). An optional section (``X | None``) is null or an X; setting one of its keys
+``metadata={"whole": True}`` is replaced instead (a fresh instance with the mapping's keys: e.g. the loss weights, where
+a mapping names every loss of the run). An optional section (``X | None``) is null or an X; setting one of its keys
 creates it. A top-level field with ``metadata={"base": (key, load)}`` starts from ``load(value of key)`` when that key
-is set, before the file and command-line values are applied (a training run's model section starts from the config
-saved with its ``init_from`` model). A config class may define ``check_config(where)`` for checks the types cannot
-express; it runs after every value is applied. A class whose dataclass bases bring fields of a library (transformers'
-``PretrainedConfig``) names those bases in ``config_skip_fields``: their fields are not config keys.
+is set (and ``load`` does not return None), before the file and command-line values are applied (a training run's model
+section starts from the config saved with its ``init_from`` model). A config class may define ``check_config(where)``
+for checks the types cannot express; it runs after every value is applied. A class whose dataclass bases bring fields of
+a library (transformers' ``PretrainedConfig``) names those bases in ``config_skip_fields``: their fields are not config
+keys.
 
 ``save_config(cfg, path)`` writes the resolved config next to the model so a run can be reproduced exactly.
 """
@@ -253,8 +254,9 @@ def _build(cls: type[T], steps: list[typing.Callable[[Any], None]], where: str) 
     for name, f in _fields(cls).items():
         if "base" in f.metadata:
             key, load = f.metadata["base"]
-            if getattr(cfg, key) is not None:
-                bases[name] = load(getattr(cfg, key))
+            base = None if getattr(cfg, key) is None else load(getattr(cfg, key))
+            if base is not None:  # (a loader returns None for a base that does not exist yet)
+                bases[name] = base
     if bases:
         cfg = cls()
         for name, base in bases.items():

@@ -8,8 +8,8 @@ Usage:
         --llm downloads/SmolLM2-135M-Instruct --dump_dir dump/test --out_dir exp/eval/untrained_test
 
 Figures (written to ``<out_dir>/metrics.json`` and ``<out_dir>/report.md``):
-  input_kl     KL(teacher || student) at ``--temperature`` (the KD loss, doc/method.md §5.1) on the transcript rows of the
-               transcription prompt (``--instruction``),
+  input_kl     KL(teacher || student) at ``--temperature`` (the KD loss, doc/method.md §5.1) on the transcript rows
+               of the transcription prompt (``--instruction``),
                averaged over all rows of the set; the student gets the transcript's true token count N, as in training.
   agreement    fraction of transcript rows where the teacher's and the student's next-token argmax agree.
   cif_exact / cif_within1 / cif_rel_err
