@@ -109,3 +109,39 @@ def test_help_lists_every_key_with_default_and_comment_on_one_line_each(capsys):
     out = capsys.readouterr().out
     assert "\n\n  --" not in out.split("what it is):", 1)[1]  # no blank line between options
     assert "  --optim.warmup_steps 1000" in out and "  --losses {\"input_kl\": 1.0}" in out
+
+
+@dataclass
+class Weights:
+    a: float | None = None
+    b: float | None = None
+
+
+@dataclass
+class Lora:
+    r: int = 16
+    dropout: float = 0.05
+
+
+@dataclass
+class Model:
+    optim: Optim = field(default_factory=Optim)
+    weights: Weights = field(default_factory=lambda: Weights(a=1.0), metadata={"whole": True})
+    lora: Lora | None = None
+
+
+def test_sections_merge_whole_sections_replace_and_optional_sections_turn_on(tmp_path):
+    conf = tmp_path / "m.yaml"
+    conf.write_text("optim: {lr: 0.5}\nweights: {b: 2}\n")
+    cfg = from_yaml_file(Model, conf)
+    assert cfg.optim == Optim(lr=0.5, warmup_steps=1000)  # merged into the defaults
+    assert cfg.weights == Weights(a=None, b=2.0)  # replaced: a mapping names every weight
+    assert cfg.lora is None
+    cfg = parse_config(Model, ["--config", str(conf), "--weights.a", "3", "--lora.r", "4"])
+    assert cfg.weights == Weights(a=3.0, b=2.0) and cfg.lora == Lora(r=4, dropout=0.05)
+    assert parse_config(Model, ["--lora", "{dropout: 0.1}"]).lora == Lora(r=16, dropout=0.1)
+    assert parse_config(Model, ["--lora.r", "4", "--lora", "null"]).lora is None
+    with pytest.raises(ConfigError, match=r"command line: lora: unknown key 'rr' \(did you mean 'r'\?\)"):
+        parse_config(Model, ["--lora", "{rr: 4}"])
+    with pytest.raises(ConfigError, match=r"unknown key 'weights\.c'"):
+        parse_config(Model, ["--weights.c", "1"])

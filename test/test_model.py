@@ -76,6 +76,33 @@ def test_config_rejects_unknown_names(tiny_blspkd_config):
         tiny_blspkd_config(adapter={"num_layers": 2})
 
 
+def test_config_json_round_trips_and_reads_configs_saved_before_typed_sub_configs(tmp_path):
+    import json
+
+    from blspkd.models.configuration_blspkd import CFormerConfig, LossWeights, PLoraConfig
+    from blspkd.utils.config import to_dict
+
+    config = BlspKdConfig(speech_encoder="enc", llm="lm", adapter={"num_heads": 2}, losses={"input_kl": 1, "cif": 0.5},
+                          plora={"r": 4, "target_modules": ["q_proj", "v_proj"]}, system_prompt="S",
+                          instruction_separator="\n\n", llm_dtype="bfloat16")
+    config.save_pretrained(tmp_path / "new")
+    loaded = BlspKdConfig.from_pretrained(tmp_path / "new")
+    assert to_dict(loaded) == to_dict(config)
+    assert loaded.plora == PLoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    # the config.json of a model saved before the sub-configs were typed (what that code wrote for the same values)
+    old = {"adapter": {"d_model": None, "ffn_dim": None, "frame_pooling": 1, "num_heads": 2, "num_post_cif_layers": 4,
+                       "num_pre_cif_layers": 4, "post_cif_dropout": 0.1, "pre_cif_dropout": 0.0, "threshold": 1.0},
+           "cif_ce_temperature": 0.1, "default_instruction": None, "freeze_speech_encoder": True,
+           "instruction_separator": "\n", "llm": "lm", "llm_dtype": "float32", "losses": {"cif": 0.5, "input_kl": 1.0},
+           "model_type": "blspkd", "pad_to_30s": False, "plora": {"r": 4}, "speech_encoder": "enc",
+           "system_prompt": "S", "temperature": 2.0, "transformers_version": "5.24.0"}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    before = BlspKdConfig.from_pretrained(tmp_path / "old")
+    assert before.adapter == CFormerConfig(num_heads=2) and before.losses == LossWeights(input_kl=1.0, cif=0.5)
+    assert before.plora == PLoraConfig(r=4) and before.system_prompt == "S"
+
+
 # ---- the composite model ---------------------------------------------------------------------------------------------
 ALL_LOSSES = {"input_kl": 1.0, "response_kl": 0.5, "response_ce": 0.3, "cif": 1.0, "cif_ce": 0.2}
 

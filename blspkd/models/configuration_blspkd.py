@@ -1,8 +1,10 @@
 """``BlspKdConfig``: what a BLSP-KD model is made of (saved as config.json next to the trained weights).
 
-A composite configuration in the style of transformers' (``sub_configs``): the top level names the base models, the
-prompt framing and the KD settings; three typed sub-configs hold the CFormer adapter (``CFormerConfig``), Partial LoRA
-(``PLoraConfig``) and the loss weights (``LossWeights``). Every field is a key of the ``model`` section of a training
+A composite configuration in the style of transformers' (``LlavaConfig`` with its ``sub_configs``): the top level
+names the base models, the prompt framing and the KD settings; three typed sub-configs hold the CFormer adapter
+(``CFormerConfig``), Partial LoRA (``PLoraConfig``) and the loss weights (``LossWeights``). The sub-configs are plain
+dataclasses, not ``PretrainedConfig`` subclasses, so they carry no transformers fields (id2label, ...) and are not
+registered as transformers sub-configs; config.json holds them as nested dicts. Every field is a key of the ``model`` section of a training
 config (``--print_config`` shows them all, ``--model.adapter.num_heads 4`` overrides one). A dict given for a
 sub-config is checked key by key, so a typo is a ``ConfigError`` naming the closest real key; adding a model key is one
 annotated line in one of these classes.
@@ -15,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from transformers import PretrainedConfig
 
-from blspkd.utils.config import ConfigError, check_fields, to_dict, unknown_key_error
+from blspkd.utils.config import ConfigError, check_fields, field_names, to_dict, unknown_key_error
 
 
 @dataclass
@@ -81,7 +83,6 @@ class BlspKdConfig(PretrainedConfig):
     """
 
     model_type = "blspkd"
-    sub_configs: ClassVar[dict[str, type]] = {"adapter": CFormerConfig, "plora": PLoraConfig, "losses": LossWeights}
     # transformers' own fields (id2label, chunk_size_feed_forward, ...) are not keys of a training config's model
     # section
     config_skip_fields: ClassVar[tuple[type, ...]] = (PretrainedConfig,)
@@ -105,17 +106,12 @@ class BlspKdConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         where = "model config"
-        own = set(self.config_keys())
+        own = set(field_names(type(self)))
         for key in kwargs:  # config.json bookkeeping and from_pretrained arguments; anything else is a typo
             if key not in own and not key.startswith("_") and key not in _TRANSFORMERS_KWARGS:
                 raise unknown_key_error(key, own, where)
         check_fields(self, where)  # dicts become typed sub-configs, strictly; then check_config
         super().__post_init__(**kwargs)
-
-    @classmethod
-    def config_keys(cls) -> list[str]:
-        skip = {f.name for base in cls.config_skip_fields for f in dataclasses.fields(base)}
-        return [f.name for f in dataclasses.fields(cls) if f.name not in skip]
 
     def check_config(self, where: str = "model config") -> None:
         """What the field types alone do not say; ``blspkd.utils.config`` calls it after applying every value."""
@@ -123,11 +119,7 @@ class BlspKdConfig(PretrainedConfig):
             raise ConfigError(f"{where}: 'losses' is empty; give a weight to at least one of {', '.join(LOSS_NAMES)}")
 
     def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        for name in self.sub_configs:
-            value = getattr(self, name)
-            out[name] = None if value is None else to_dict(value)
-        return out
+        return {**super().to_dict(), **to_dict(self)}  # the sub-configs as plain dicts
 
     def _get_generation_parameters(self) -> dict:
         # transformers refuses to save a config holding generation-like names; our ``temperature`` is the KD
