@@ -12,6 +12,7 @@ import torch
 from fixtures.audio import synth_speech
 
 from blspkd.bin import infer
+from blspkd.data.audio import read_audio
 from blspkd.data.mel import WhisperLogMel
 from blspkd.decode import DecodeConfig, run
 from blspkd.export import ExportError, export_model
@@ -39,7 +40,7 @@ def _reference_text(model, model_dir, wave_16k: np.ndarray, instruction: str, ma
 
 
 def test_read_audio_resamples_like_sox(wav_22k, tmp_path):
-    ours = infer.read_audio(str(wav_22k), 16000)
+    ours = read_audio(str(wav_22k), 16000)
     sox_16k = tmp_path / "sox.wav"
     subprocess.run(["sox", str(wav_22k), "-r", "16000", str(sox_16k)], check=True)
     ref, rate = sf.read(sox_16k, dtype="float32")
@@ -55,7 +56,7 @@ def test_single_file_is_streamed(model, tiny_model_dir, wav_22k, capsys):
     assert rc == 0
     streamed = capsys.readouterr().out
     assert streamed.endswith("\n")
-    expected = _reference_text(model, tiny_model_dir, infer.read_audio(str(wav_22k), 16000),
+    expected = _reference_text(model, tiny_model_dir, read_audio(str(wav_22k), 16000),
                                "Repeat the following sentence exactly.", 6)
     assert " ".join(streamed.split()) == expected
 
@@ -72,7 +73,7 @@ def test_several_files_any_format(model, tiny_model_dir, wav_22k, tmp_path, caps
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(f) for f in files]
     for f, line in zip(files, lines):
-        expected = _reference_text(model, tiny_model_dir, infer.read_audio(str(f), 16000),
+        expected = _reference_text(model, tiny_model_dir, read_audio(str(f), 16000),
                                    "Continue the following text in a coherent style: ", 5)
         assert line.split("\t", 1)[1] == expected
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import io
 import logging
 import math
+import shlex
+import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -167,3 +170,61 @@ class AudioReader:
                 continue
             self.stats.read += 1
             yield utt, wave
+
+
+# ---- one recording from a file or from bytes (inference: blspkd.bin.infer, blspkd.api, blspkd.serve) ----------------
+def to_mono(data: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """(samples, channels) at ``rate`` -> contiguous float32 mono at ``sample_rate`` (channels averaged)."""
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    return np.ascontiguousarray(resample(wave, rate, sample_rate), dtype=np.float32)
+
+
+def _ffmpeg_decode(path: str) -> tuple[np.ndarray, int]:
+    # soundfile does not know every container/codec (m4a, opus in webm as browsers record it, ...); ffmpeg decodes
+    # them to WAV on a pipe.
+    return decode_audio(f"ffmpeg -nostdin -v error -i {shlex.quote(path)} -f wav -acodec pcm_s16le - |")
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Mono float32 samples at ``sample_rate`` of an audio file in any format soundfile or, failing that, ffmpeg reads;
+    AudioError naming the file when it cannot be read."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise AudioError(f"cannot read audio file {path}: file not found")
+    try:
+        data, rate = decode_audio(path)
+    except AudioError as sf_error:
+        if shutil.which("ffmpeg") is None:
+            raise AudioError(f"cannot read audio file {path}: {sf_error} (and ffmpeg, which reads more formats, is "
+                             "not installed)") from None
+        try:
+            data, rate = _ffmpeg_decode(path)
+        except AudioError as ff_error:
+            raise AudioError(f"cannot read audio file {path}: neither soundfile nor ffmpeg can decode it "
+                             f"({sf_error}; {ff_error})") from None
+    return to_mono(data, rate, sample_rate)
+
+
+def read_audio_bytes(data: bytes, sample_rate: int = 16000, what: str = "the audio") -> np.ndarray:
+    """``read_audio`` of an encoded file held in memory (an upload: WAV, MP3, FLAC, OGG, WebM, ...); AudioError saying
+    what ``what`` is when it cannot be decoded."""
+    if not data:
+        raise AudioError(f"{what} is empty")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:
+        if shutil.which("ffmpeg") is None:
+            raise AudioError(f"cannot decode {what}: {sf_error} (and ffmpeg, which reads more formats, is not "
+                             "installed)") from None
+        # a file, not a pipe: containers such as MP4 keep their index at the end, which ffmpeg cannot seek to on stdin
+        with tempfile.NamedTemporaryFile(prefix="blspkd-audio-") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            try:
+                samples, rate = _ffmpeg_decode(tmp.name)
+            except AudioError:
+                raise AudioError(f"cannot decode {what}: neither soundfile nor ffmpeg recognises it as audio "
+                                 f"({len(data)} bytes; soundfile: {sf_error})") from None
+    if samples.shape[0] == 0:
+        raise AudioError(f"{what} holds no samples")
+    return to_mono(samples, rate, sample_rate)
