@@ -322,6 +322,13 @@ def test_page_in_headless_chromium(server, wavs, expected, tmp_path):
         driver.get(f"{server['url']}/")
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model-name").text == MODEL_ID)
         assert driver.find_element(By.ID, "instruction").get_attribute("value") == TRANSCRIBE
+        assert not driver.find_element(By.ID, "key-row").is_displayed()  # no --api_key
+        assert not driver.find_element(By.ID, "language-row").is_displayed()
+        driver.find_element(By.ID, "task-translate").click()
+        assert driver.find_element(By.ID, "language-row").is_displayed()
+        assert driver.find_element(By.ID, "instruction").get_attribute("value") == \
+            "Translate the following speech into German."
+        driver.find_element(By.ID, "task-transcribe").click()
         driver.find_element(By.ID, "file").send_keys(str(wavs[0]))
         WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "send").is_enabled())
         driver.find_element(By.ID, "send").click()

@@ -580,6 +580,7 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && stage_requested 8; then
             ${export_args}
         echo "${signature}" > "${exp}/.stage8.args"
         log "stage 8: try it: python -m blspkd.bin.infer --model ${out} --audio <file.wav>"
+        log "stage 8: or talk to it in a browser: python -m blspkd.bin.serve --model ${out}"
     fi
     log "stage 8 done (${SECONDS} s elapsed)"
 fi
