@@ -314,12 +314,7 @@ def create_app(llm: SpeechLLM, model_id: str, api_key: str | None = None, max_ne
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         check_key(request)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request is {int(length)} bytes, more than the {MAX_BODY_BYTES} this server "
-                                f"takes; send at most {llm.frontend.max_seconds} s of audio", None,
-                           "request_too_large")
-        req = parse_chat_request(await request.body(), model_id, max_new_tokens)
+        req = parse_chat_request(await _read_body(request, llm.frontend.max_seconds), model_id, max_new_tokens)
         try:
             speech = await run_in_threadpool(llm.frontend, req.audio, req.audio_name)
             kwargs = req.settings.generate_kwargs()
@@ -354,6 +349,23 @@ def create_app(llm: SpeechLLM, model_id: str, api_key: str | None = None, max_ne
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+async def _read_body(request, max_seconds: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed MAX_BODY_BYTES (declared or sent)."""
+    def too_large(size: int) -> ApiError:
+        return ApiError(413, f"the request has {size} bytes or more, more than the {MAX_BODY_BYTES} this server "
+                             f"takes; send at most {max_seconds} s of audio", None, "request_too_large")
+
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large(int(length))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large(len(body))
+    return bytes(body)
 
 
 def _usage(answer: Answer) -> dict:

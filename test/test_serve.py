@@ -220,6 +220,13 @@ def test_bad_requests_get_4xx_saying_what_to_fix(server, wavs, tmp_path):
     err = _error(httpx.get(f"{server['url']}/v1/chat/completions", timeout=10), 405)
     err = _error(httpx.get(f"{server['url']}/v2/nothing", timeout=10), 404)
     assert err["message"].startswith("no route GET /v2/nothing; the routes are")
+    err = _error(_post(server, b"{" + b" " * (16 * 1024 * 1024)), 413)
+    assert err["code"] == "request_too_large"
+    # a client that goes away in the middle of a streamed answer
+    with httpx.stream("POST", f"{server['url']}/v1/chat/completions", json={**good, "stream": True},
+                      timeout=60) as response:
+        assert response.status_code == 200
+        assert next(response.iter_lines()).startswith("data: {")
     # the official client raises its own error classes with the server's message
     with pytest.raises(openai.BadRequestError, match="missing_audio|0 input_audio parts"):
         _client(server).chat.completions.create(model=MODEL_ID, messages=text_only["messages"])
