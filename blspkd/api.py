@@ -61,25 +61,6 @@ class GenerationSettings:
     temperature: float = 0.0  # > 0: sample with this temperature (and top_p) instead of taking the best token
     top_p: float = 1.0
 
-    @staticmethod
-    def add_arguments(parser) -> None:
-        """The command-line options of the fields decoding shares with ``blspkd.bin.infer``."""
-        from blspkd.bin._args import opt
-
-        parser.add_argument(*opt("max_new_tokens"), dest="max_new_tokens", type=int, default=128,
-                            help="(default: 128)")
-        parser.add_argument(*opt("num_beams"), dest="num_beams", type=int, default=1, help="1 = greedy (default: 1)")
-        parser.add_argument(*opt("length_penalty"), dest="length_penalty", type=float, default=1.0, help="beam search")
-        parser.add_argument(*opt("repetition_penalty"), dest="repetition_penalty", type=float, default=1.0,
-                            help="> 1 discourages repeating tokens (default: 1.0)")
-        parser.add_argument(*opt("no_repeat_ngram_size"), dest="no_repeat_ngram_size", type=int, default=0,
-                            help="forbid repeating n-grams of this size (default: 0 = off)")
-
-    @classmethod
-    def from_args(cls, args) -> GenerationSettings:
-        return cls(args.max_new_tokens, args.num_beams, args.length_penalty, args.repetition_penalty,
-                   args.no_repeat_ngram_size)
-
     def generate_kwargs(self) -> dict:
         """transformers ``generate`` arguments; ConfigError for values out of range."""
         from blspkd.decode import generation_kwargs
@@ -210,7 +191,7 @@ class AnswerStream:
 
         def run():
             try:
-                self.answer = llm._generate([speech], [instruction], kwargs)[0]
+                self.answer = llm.run_batch([speech], [instruction], kwargs)[0]
             except BaseException as e:  # handed to the consumer, which re-raises it
                 self._error = e
                 self._streamer.pieces.put(None)
@@ -283,10 +264,12 @@ class SpeechLLM:
         model's default instruction)."""
         if len(audios) != len(instructions):
             raise ValueError(f"answer: {len(audios)} audios but {len(instructions)} instructions")
-        return self._generate([self.frontend(a) for a in audios], list(instructions),
+        return self.run_batch([self.frontend(a) for a in audios], list(instructions),
                               GenerationSettings(**settings).generate_kwargs())
 
-    def _generate(self, speeches: list[Speech], instructions: list[str | None], kwargs: dict) -> list[Answer]:
+    def run_batch(self, speeches: list[Speech], instructions: list[str | None], kwargs: dict) -> list[Answer]:
+        """``answer`` of checked speech and ready transformers ``generate`` arguments (what the server's worker
+        runs)."""
         import torch
 
         feats = [torch.from_numpy(s.feats) for s in speeches]

@@ -158,7 +158,8 @@ def parse_chat_request(raw: bytes, model_id: str, max_new_tokens: int) -> ChatRe
     if not isinstance(stream, bool) or not isinstance(options, dict):
         raise ApiError(400, "'stream' must be true or false and 'stream_options' an object", "stream",
                        "invalid_value")
-    instruction = "\n".join(t.strip() for t in texts if t.strip()) or None
+    # as given: the training instructions end with a space or not, and the prompt's tokens depend on it
+    instruction = "\n".join(t for t in texts if t.strip()) or None
     return ChatRequest(data, f"the audio of {where}.input_audio ({fmt}, {len(data)} bytes)", instruction, settings,
                        stream, bool(options.get("include_usage")))
 
@@ -229,7 +230,7 @@ class Worker:
                 if batch[0].stream:
                     self._stream(batch[0])
                 else:
-                    answers = self.llm._generate([j.speech for j in batch], [j.instruction for j in batch],
+                    answers = self.llm.run_batch([j.speech for j in batch], [j.instruction for j in batch],
                                                  batch[0].kwargs)
                     for job, answer in zip(batch, answers):
                         job.result.set_result(answer)

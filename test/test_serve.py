@@ -164,6 +164,23 @@ def test_other_formats_are_decoded_like_the_cli(server, wavs, tiny_model_dir, tm
     assert "webm" in made, "ffmpeg could not write WebM/Opus"
 
 
+def test_task_instruction_as_the_cli_uses_it(server, wavs, tiny_model_dir):
+    instruction = "Continue the following text in a coherent style: "  # --task continuation's, trailing space included
+    want = _cli(tiny_model_dir, wavs[1], "--task", "continuation")[:-1]
+    reply = _client(server).chat.completions.create(model=MODEL_ID, messages=_audio_message(wavs[1], instruction))
+    assert reply.choices[0].message.content == want
+
+
+def test_serve_refuses_what_is_not_a_model(tmp_path, capsys):
+    from blspkd.bin import serve
+
+    assert serve.main(["--model", str(tmp_path), "--port", "1"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path} is not a BLSP-KD model: neither ")
+    assert serve.main(["--model", str(tmp_path), "--api_key", " "]) == 1
+    assert capsys.readouterr().err == ("error: --api_key is empty; give a non-empty key, or leave it out for no "
+                                       "authentication\n")
+
+
 def _post(server, body, **kw):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return httpx.post(f"{server['url']}/v1/chat/completions", content=data, timeout=60,

@@ -33,7 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "instruction: the speech is the request)")
     p.add_argument("--instruction", help="the instruction text (replaces the task's)")
     p.add_argument("--language", help="target language of --task translation, e.g. German")
-    GenerationSettings.add_arguments(p)
+    p.add_argument(*opt("max_new_tokens"), dest="max_new_tokens", type=int, default=128, help="(default: 128)")
+    p.add_argument(*opt("num_beams"), dest="num_beams", type=int, default=1, help="1 = greedy (default: 1)")
+    p.add_argument(*opt("length_penalty"), dest="length_penalty", type=float, default=1.0, help="beam search")
+    p.add_argument(*opt("repetition_penalty"), dest="repetition_penalty", type=float, default=1.0,
+                   help="> 1 discourages repeating tokens (default: 1.0)")
+    p.add_argument(*opt("no_repeat_ngram_size"), dest="no_repeat_ngram_size", type=int, default=0,
+                   help="forbid repeating n-grams of this size (default: 0 = off)")
     p.add_argument(*opt("batch_size"), dest="batch_size", type=int, default=8, help="files per batch (default: 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument(*opt("no_stream"), dest="no_stream", action="store_true",
@@ -53,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     from blspkd.decode import load_model, resolve_model_dir
     from blspkd.utils.config import ConfigError
 
-    settings = GenerationSettings.from_args(args)
+    settings = GenerationSettings(args.max_new_tokens, args.num_beams, args.length_penalty, args.repetition_penalty,
+                                  args.no_repeat_ngram_size)
     try:
         model_dir = resolve_model_dir(args.model)
         instruction = task_instruction_text(args.task, args.language, args.instruction)

@@ -146,8 +146,8 @@ async function ask() {
   $("stats").hidden = true;
   setStatus("Sending...");
   const content = [];
-  const instruction = $("instruction").value.trim();
-  if (instruction) content.push({ type: "text", text: instruction });
+  const instruction = $("instruction").value;  // as typed: a task's instruction may end with a space
+  if (instruction.trim()) content.push({ type: "text", text: instruction });
   content.push({ type: "input_audio", input_audio: { data: await base64Of(state.audio), format: state.format } });
   const headers = { "Content-Type": "application/json" };
   const key = $("api-key").value;
