@@ -16,7 +16,7 @@ setup(
     packages=find_packages(include=["blspkd", "blspkd.*"]),
     # the Whisper English spelling map used by the WER normaliser (MIT, see blspkd/scoring/english_spelling.LICENSE)
     package_data={"blspkd.scoring": ["english_spelling.json", "english_spelling.LICENSE"],
-                  "blspkd.web": ["index.html", "app.js", "style.css"]},  # the page of blspkd.bin.serve
+                  "blspkd": ["web/index.html", "web/app.js", "web/style.css"]},  # the page of blspkd.bin.serve
     install_requires=[
         "transformers>=5,<6",
         "peft>=0.17",

@@ -112,12 +112,14 @@ class SpeechFrontend:
     def __call__(self, audio: str | Path | bytes | np.ndarray, name: str | None = None) -> Speech:
         if isinstance(audio, Speech):
             return audio
+        cut = None  # decoding stopped here (bytes: an upload is not decoded beyond the window and a second)
         if isinstance(audio, (str, Path)):
             name = name or f"audio file {audio}"
             wave = read_audio(audio, self.sample_rate)
         elif isinstance(audio, (bytes, bytearray, memoryview)):
             name = name or "the audio"
-            wave = read_audio_bytes(bytes(audio), self.sample_rate, name)
+            cut = self.max_seconds + 1
+            wave = read_audio_bytes(bytes(audio), self.sample_rate, name, max_seconds=cut)
         else:
             name = name or "the waveform"
             wave = np.asarray(audio, dtype=np.float32)
@@ -128,7 +130,9 @@ class SpeechFrontend:
             raise AudioError(f"{name} is too short: {len(wave)} samples at {self.sample_rate} Hz, at least "
                              f"{self.mel.min_samples} are needed")
         if len(wave) > self.max_seconds * self.sample_rate:
-            raise AudioError(f"{name} lasts {len(wave) / self.sample_rate:.1f} s, longer than the {self.max_seconds} s "
+            seconds = len(wave) / self.sample_rate
+            length = f"{cut} s or more" if cut and seconds >= cut - 1e-3 else f"{seconds:.1f} s"
+            raise AudioError(f"{name} lasts {length}, longer than the {self.max_seconds} s "
                              f"the Whisper encoder takes; split it (e.g. sox in.wav out.wav trim 0 {self.max_seconds} "
                              ": newfile : restart)")
         return Speech(name, self.mel(wave), len(wave) / self.sample_rate)

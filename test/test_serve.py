@@ -225,10 +225,14 @@ def test_bad_requests_get_4xx_saying_what_to_fix(server, wavs, tmp_path):
     assert err["message"].startswith("cannot decode the audio of messages[0].content[1].input_audio (wav, 18 bytes): "
                                      "neither soundfile nor ffmpeg recognises it as audio")
     long = tmp_path / "long.wav"
-    sf.write(long, np.zeros(16000 * 31, dtype=np.float32), 16000)
+    sf.write(long, np.zeros(16000 * 30 + 8000, dtype=np.float32), 16000)
     err = _error(_post(server, {"model": MODEL_ID, "messages": _audio_message(long)}), 400)
-    assert re.fullmatch(r"the audio of messages\[0\]\.content\[1\]\.input_audio \(wav, \d+ bytes\) lasts 31\.0 s, "
+    assert re.fullmatch(r"the audio of messages\[0\]\.content\[1\]\.input_audio \(wav, \d+ bytes\) lasts 30\.5 s, "
                         r"longer than the 30 s the Whisper encoder takes; split it .*", err["message"])
+    hour = tmp_path / "hour.flac"  # 1 h of silence: a small upload that decoding stops at 31 s
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(hour), "trim", "0", "3600"], check=True)
+    err = _error(_post(server, {"model": MODEL_ID, "messages": _audio_message(hour, fmt="flac")}), 400)
+    assert " lasts 31 s or more, longer than the 30 s the Whisper encoder takes" in err["message"]
     err = _error(_post(server, {**good, "max_tokens": 10_000}), 400)
     assert err["message"] == f"'max_tokens' must be an integer from 1 to {MAX_TOKENS} (the server's " \
                              "--max_new_tokens), got 10000"

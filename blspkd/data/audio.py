@@ -179,10 +179,11 @@ def to_mono(data: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(resample(wave, rate, sample_rate), dtype=np.float32)
 
 
-def _ffmpeg_decode(path: str) -> tuple[np.ndarray, int]:
+def _ffmpeg_decode(path: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     # soundfile does not know every container/codec (m4a, opus in webm as browsers record it, ...); ffmpeg decodes
     # them to WAV on a pipe.
-    return decode_audio(f"ffmpeg -nostdin -v error -i {shlex.quote(path)} -f wav -acodec pcm_s16le - |")
+    limit = f" -t {max_seconds}" if max_seconds else ""
+    return decode_audio(f"ffmpeg -nostdin -v error -i {shlex.quote(path)}{limit} -f wav -acodec pcm_s16le - |")
 
 
 def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
@@ -205,13 +206,17 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     return to_mono(data, rate, sample_rate)
 
 
-def read_audio_bytes(data: bytes, sample_rate: int = 16000, what: str = "the audio") -> np.ndarray:
+def read_audio_bytes(data: bytes, sample_rate: int = 16000, what: str = "the audio",
+                     max_seconds: float | None = None) -> np.ndarray:
     """``read_audio`` of an encoded file held in memory (an upload: WAV, MP3, FLAC, OGG, WebM, ...); AudioError saying
-    what ``what`` is when it cannot be decoded."""
+    what ``what`` is when it cannot be decoded. ``max_seconds``: decode at most this much (a few compressed megabytes
+    can hold hours of audio)."""
     if not data:
         raise AudioError(f"{what} is empty")
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            frames = round(max_seconds * f.samplerate) if max_seconds else -1
+            samples, rate = f.read(frames, dtype="float32", always_2d=True), f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:
         if shutil.which("ffmpeg") is None:
             raise AudioError(f"cannot decode {what}: {sf_error} (and ffmpeg, which reads more formats, is not "
@@ -221,7 +226,7 @@ def read_audio_bytes(data: bytes, sample_rate: int = 16000, what: str = "the aud
             tmp.write(data)
             tmp.flush()
             try:
-                samples, rate = _ffmpeg_decode(tmp.name)
+                samples, rate = _ffmpeg_decode(tmp.name, max_seconds)
             except AudioError:
                 raise AudioError(f"cannot decode {what}: neither soundfile nor ffmpeg recognises it as audio "
                                  f"({len(data)} bytes; soundfile: {sf_error})") from None
