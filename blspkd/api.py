@@ -11,7 +11,7 @@
 directory (config.json + model.safetensors) or an experiment directory holding ``model/``. Audio is a file path (any
 format soundfile or ffmpeg reads), the bytes of an encoded file (WAV, MP3, FLAC, OGG, WebM, ...) or a 16 kHz mono
 float waveform; at most 30 s (the Whisper encoder's window). The prompt is ``[prefix | instruction | N_hat speech
-tokens | suffix]`` where CIF predicts N_hat from the audio (doc/method.md 2.3); ``Answer`` reports N_hat, the token
+tokens | suffix]`` where CIF predicts N_hat from the audio (doc/method.md 3.2); ``Answer`` reports N_hat, the token
 counts and the real-time factor. Decoding is greedy unless ``num_beams`` > 1 (or sampling with ``temperature`` > 0).
 """
 from __future__ import annotations

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import subprocess
 import sys
 
@@ -103,7 +104,8 @@ def test_autoconfig_reads_an_export_without_remote_code(tiny_model_dir, order):
         f"c = AutoConfig.from_pretrained({str(tiny_model_dir)!r}, trust_remote_code=False)",
         "from blspkd.models import BlspKdConfig",
         "assert type(c) is BlspKdConfig, type(c)",
-        "print(c.model_type, c.adapter['num_heads'])"])
+        "print(c.model_type, c.speech_encoder)"])
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "blspkd 2\n"
+    saved = json.loads((tiny_model_dir / "config.json").read_text())
+    assert proc.stdout == f"blspkd {saved['speech_encoder']}\n"
