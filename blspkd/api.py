@@ -90,7 +90,8 @@ class Answer:
     completion_tokens: int  # generated tokens up to and including the end-of-turn token
     finish_reason: str  # "stop" (end of turn) or "length" (max_new_tokens reached)
     audio_seconds: float
-    seconds: float  # generation time (encoder, adapter and LLM)
+    seconds: float  # generation time (encoder, adapter and LLM) of the batch it was answered in
+    batch_size: int  # utterances generated together with this one (itself included)
 
     @property
     def real_time_factor(self) -> float:
@@ -293,5 +294,5 @@ class SpeechLLM:
                 text=out["texts"][i], num_speech_tokens=n_speech,
                 prompt_tokens=len(prefix) + n_speech + len(framing.suffix_ids), completion_tokens=n_new,
                 finish_reason="length" if n_new >= kwargs["max_new_tokens"] else "stop",
-                audio_seconds=speech.seconds, seconds=seconds))
+                audio_seconds=speech.seconds, seconds=seconds, batch_size=len(speeches)))
         return answers

@@ -377,7 +377,8 @@ def _usage(answer: Answer) -> dict:
 def _stats(answer: Answer) -> dict:
     """What the page shows, beyond OpenAI's fields."""
     return {"audio_seconds": round(answer.audio_seconds, 3), "num_speech_tokens": answer.num_speech_tokens,
-            "seconds": round(answer.seconds, 3), "real_time_factor": round(answer.real_time_factor, 4)}
+            "seconds": round(answer.seconds, 3), "real_time_factor": round(answer.real_time_factor, 4),
+            "batch_size": answer.batch_size}
 
 
 def _sse(obj: dict) -> str:

@@ -263,11 +263,16 @@ def test_twenty_concurrent_requests_all_correct(server, wavs, expected):
     def one(job):
         path, stream = job
         reply = _ask(client, path, stream)
-        return _joined(reply) if stream else reply.choices[0].message.content
+        if stream:
+            return _joined(reply), [c for c in reply if c.choices][-1].model_extra["blspkd"]["batch_size"]
+        return reply.choices[0].message.content, reply.model_extra["blspkd"]["batch_size"]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
-        answers = list(pool.map(one, jobs, timeout=300))
-    assert answers == [expected[path] for path, _ in jobs]
+        answers, batch_sizes = zip(*pool.map(one, jobs, timeout=300))
+    assert list(answers) == [expected[path] for path, _ in jobs]
+    # streamed answers run alone; waiting non-streamed ones were batched (files of different lengths: padding)
+    assert {b for b, (_, stream) in zip(batch_sizes, jobs) if stream} == {1}
+    assert max(batch_sizes) > 1 and max(batch_sizes) <= 4  # the server's --max_batch_size
     assert server["proc"].poll() is None
     assert httpx.get(f"{server['url']}/v1/models", timeout=10).status_code == 200
 
