@@ -9,9 +9,10 @@ Usage:
 --model: an exported directory (stage 8), a model directory (config.json + model.safetensors) or an experiment dir
 holding model/. Audio: anything soundfile reads (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1, ...) and, failing that,
 anything ffmpeg reads; any sample rate (resampled to the model's 16 kHz), channels averaged to mono; at most 30 s per
-file (Whisper's window). The instruction comes from --task (the training tasks' instructions) unless --instruction
-is given. One file: the text is streamed to the terminal as it is generated. Several: one "<file><TAB><text>" line
-each, in the order given. Logs go to stderr (--log_level INFO to see them).
+file (Whisper's window). The instruction comes from --task (the training tasks' instructions; answer and plain: none,
+the speech itself is the request) unless --instruction is given. One file: the text is streamed to the terminal as it
+is generated. Several: one "<file><TAB><text>" line each, in the order given. Logs go to stderr (--log_level INFO to
+see them). The same from Python: blspkd.SpeechLLM (blspkd/api.py); in a browser or over HTTP: blspkd.bin.serve.
 """
 from __future__ import annotations
 
