@@ -61,6 +61,27 @@ def test_single_file_is_streamed(model, tiny_model_dir, wav_22k, capsys):
     assert " ".join(streamed.split()) == expected
 
 
+@pytest.mark.parametrize("task, instruction", [("transcription", "Repeat the following sentence exactly."),
+                                               ("answer", None), ("plain", None)])
+def test_task_picks_the_instruction(tiny_model_dir, wav_22k, monkeypatch, capsys, task, instruction):
+    """What reaches the model, streamed (one file) and not: --task answer/plain have no text instruction."""
+    from blspkd.api import SpeechLLM
+
+    seen = []
+    run_batch = SpeechLLM.run_batch
+
+    def spy(self, speeches, instructions, kwargs):
+        seen.extend(instructions)
+        return run_batch(self, speeches, instructions, kwargs)
+
+    monkeypatch.setattr(SpeechLLM, "run_batch", spy)
+    for extra in ([], ["--no_stream"]):
+        assert infer.main(["--model", str(tiny_model_dir), "--audio", str(wav_22k), "--task", task,
+                           "--max_new_tokens", "2", *extra]) == 0
+    assert seen == [instruction, instruction]
+    capsys.readouterr()
+
+
 def test_several_files_any_format(model, tiny_model_dir, wav_22k, tmp_path, capsys):
     flac = tmp_path / "fox.flac"
     subprocess.run(["sox", str(wav_22k), "-r", "44100", "-c", "2", str(flac)], check=True)  # stereo 44.1 kHz

@@ -169,6 +169,11 @@ def test_task_instruction_as_the_cli_uses_it(server, wavs, tiny_model_dir):
     want = _cli(tiny_model_dir, wavs[1], "--task", "continuation")[:-1]
     reply = _client(server).chat.completions.create(model=MODEL_ID, messages=_audio_message(wavs[1], instruction))
     assert reply.choices[0].message.content == want
+    # no text part: the model's default instruction, as --task answer (and plain)
+    want = _cli(tiny_model_dir, wavs[1], "--task", "answer")[:-1]
+    bare = _client(server).chat.completions.create(model=MODEL_ID, messages=_audio_message(wavs[1], None))
+    assert bare.choices[0].message.content == want
+    assert bare.usage.prompt_tokens < reply.usage.prompt_tokens  # the prompt really has no instruction
 
 
 def test_serve_refuses_what_is_not_a_model(tmp_path, capsys):

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # transformers streams greedy search only
     if len(speeches) == 1 and not args.no_stream and args.num_beams == 1:
-        for piece in llm.stream(speeches[0], instruction, **vars(settings)):
+        for piece in llm.stream(speeches[0], args.instruction, args.task, args.language, **vars(settings)):
             print(piece, end="", flush=True)
         print(flush=True)
         return 0
