@@ -31,22 +31,21 @@ from blspkd.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# The tasks a user can pick (the command line, the web page). ``answer``: the speech is the question or request
-# itself, so the prompt has no text instruction (the model's default_instruction, as decode's spoken_instruction).
+# The tasks a user can pick (the command line, the web page), named for users; each is a task of the registry
+# (blspkd/tasks.py). ``answer`` is its spoken_instruction: the speech is the question or request itself, so the prompt
+# has no text instruction (the model's default_instruction).
 TASKS = ("transcription", "translation", "continuation", "answer", "plain")
+_REGISTRY_NAME = {"answer": "spoken_instruction"}
 
 
 def task_instruction_text(task: str, language: str | None = None, instruction: str | None = None) -> str | None:
     """The instruction of ``task``: the training tasks' instructions, or ``instruction`` in their place (its
     ``{language}`` filled in); None = the model's default instruction."""
-    from blspkd.train.config import TaskConfig
-    from blspkd.train.dataset import task_instruction
+    from blspkd.tasks import fixed_instruction
 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if task in ("answer", "plain"):
-        return instruction
-    return task_instruction(TaskConfig(kind=task, instruction=instruction, language=language))
+    return fixed_instruction(_REGISTRY_NAME.get(task, task), instruction, language=language)
 
 
 @dataclass

@@ -5,23 +5,15 @@ For each utterance the adapter's CIF predicts the number of speech tokens, N_hat
 cache, PLoRA on the speech positions of the prompt only (``BlspKdModel.generate``). Greedy or beam search; repetition
 controls are transformers' ``repetition_penalty`` and ``no_repeat_ngram_size``.
 
-Tasks (the instruction each utterance gets, and the per-utterance file that holds its reference):
+Tasks: any of the task registry (blspkd/tasks.py, ``python -m blspkd.bin.tasks list``), which gives each utterance
+its instruction (the training tasks' defaults, so a model is asked what it was taught; ``{language}`` from
+``language``) and names the per-utterance file that holds its reference. ``instruction`` (or ``instruction_file``, its
+text from a file) overrides the task's instruction for every utterance.
 
-    transcription       "Repeat the following sentence exactly."               reference: text
-    continuation        "Continue the following text in a coherent style: "    reference: continuation (stage 3)
-    translation         "Translate the following speech into {language}."      reference: translation
-    instruction         ``instruction``, ``instruction_file``, or the dump dir's per-utterance ``instruction`` file
-                                                                               reference: response
-    spoken_instruction  the speech is the instruction (plus a per-utterance ``instruction`` if the dump dir has one)
-                                                                               reference: response
-    plain               no instruction (the model's default_instruction)       reference: text
-
-The default instructions are the training tasks' (blspkd/train/dataset.py), so a model is asked what it was taught.
-``instruction`` overrides them for every task.
-
-Sharding: ``shard`` J of ``num_shards`` decodes a contiguous block of the sorted keys (as stage 3 does) into
-``<out_dir>/shards/hyp.J.jsonl`` and ``done.J`` (the settings and timing); a shard already done with the same settings
-and model is skipped. ``merge`` checks that every shard is done with the same settings and writes, in key order:
+Sharding (blspkd/utils/shards.py): ``shard`` J of ``num_shards`` decodes the J-th contiguous block of the sorted keys
+into ``<out_dir>/shards/hyp.J.jsonl`` and its marker ``.completed.J`` (the settings and timing); a shard already done
+with the same settings and model is skipped. ``merge`` checks that every shard is done with the same settings and
+writes, in key order:
 
     hyp.txt              ``<key> <hypothesis>`` (Kaldi style, one line each)
     hyp.jsonl            key, instruction, hypothesis, reference, num_speech_tokens (CIF-predicted),
@@ -29,7 +21,7 @@ and model is skipped. ``merge`` checks that every shard is done with the same se
     ref.txt              the task's references, for the utterances that have one (what stage 7 scores against)
     decode_config.yaml   the exact settings, the model dir, sha256 of its config.json and weights, package versions
     decode_stats.json    real-time factor and generated tokens/s (also logged)
-    .complete            written last
+    .completed           written last (the settings)
 
 An utterance is decoded alone or in any batch with the same result up to floating-point noise: the encoder masks
 padding and the prompts are left-padded with positions following the attention mask.
@@ -42,16 +34,16 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from tqdm import tqdm
 
+from blspkd import tasks
 from blspkd.data.kaldi_dir import read_kv, write_kv
-from blspkd.teacher import one_line, shard_keys
-from blspkd.train.config import TaskConfig
-from blspkd.train.dataset import DumpDir, task_instruction
+from blspkd.teacher import one_line
+from blspkd.train.dataset import DumpDir
 from blspkd.utils.config import ConfigError
+from blspkd.utils.shards import MARKER, ShardError, Shards, shard_keys, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +52,6 @@ class DecodeError(RuntimeError):
     """Decoding cannot go on for a reason the user can fix (the message says which file and what to do)."""
 
 
-TASKS = ("transcription", "continuation", "translation", "instruction", "spoken_instruction", "plain")
-REFERENCE_FILE = {
-    "transcription": "text",
-    "plain": "text",
-    "continuation": "continuation",
-    "translation": "translation",
-    "instruction": "response",
-    "spoken_instruction": "response",
-}
 MODEL_FILES = ("config.json", "model.safetensors")
 
 
@@ -80,11 +63,11 @@ class DecodeConfig:
     dump_dir: str = ""
     # Where hyp.txt, hyp.jsonl, ... go (the recipe uses exp/<tag>/decode_<set>).
     out_dir: str = ""
-    task: Literal["transcription", "continuation", "translation", "instruction", "spoken_instruction",
-                  "plain"] = "transcription"
+    # A task of blspkd/tasks.py.
+    task: str = "transcription"
     # Replaces the task's default instruction (any task).
     instruction: str | None = None
-    # A text file whose whole content is the instruction (task instruction).
+    # A text file whose whole content is the instruction (instead of ``instruction``).
     instruction_file: str | None = None
     # Target language named in the translation instruction, e.g. German.
     language: str | None = None
@@ -161,41 +144,25 @@ def sha256_or_none(path: Path) -> str | None:
 # ---- task inputs -----------------------------------------------------------------------------------------------------
 def utterance_instructions(cfg: DecodeConfig, dump: DumpDir) -> dict[str, str | None]:
     """The instruction of every utterance of ``dump`` for ``cfg.task`` (None: the model's default instruction)."""
-    keys = list(dump.text)
-    per_utt = read_kv(dump.path / "instruction") if (dump.path / "instruction").is_file() else None
-    if cfg.task in ("transcription", "continuation", "translation"):
-        fixed = task_instruction(TaskConfig(kind=cfg.task, instruction=cfg.instruction, language=cfg.language))
-        return dict.fromkeys(keys, fixed)
-    if cfg.task == "plain":
-        return dict.fromkeys(keys, cfg.instruction)
-    if cfg.task == "spoken_instruction":
-        return {k: cfg.instruction or (per_utt or {}).get(k) for k in keys}
-    # task instruction: one free instruction, or each utterance's own
-    if cfg.instruction and cfg.instruction_file:
-        raise ConfigError("give either instruction or instruction_file, not both")
+    instruction = cfg.instruction
     if cfg.instruction_file:
+        if instruction:
+            raise ConfigError("give either instruction or instruction_file, not both")
         path = Path(cfg.instruction_file)
         if not path.is_file():
             raise ConfigError(f"instruction_file not found: {path}")
-        text = path.read_text(encoding="utf-8").strip()
-        if not text:
+        instruction = path.read_text(encoding="utf-8").strip()
+        if not instruction:
             raise ConfigError(f"instruction_file {path} is empty; write the instruction into it")
-        return dict.fromkeys(keys, text)
-    if cfg.instruction:
-        return dict.fromkeys(keys, cfg.instruction)
-    if per_utt is None:
-        raise ConfigError(f"task instruction needs instruction, instruction_file, or a per-utterance file "
-                          f"{dump.path / 'instruction'} (not found)")
-    missing = [k for k in keys if not per_utt.get(k, "").strip()]
-    if missing:
-        raise ConfigError(f"{dump.path / 'instruction'}: no instruction for {len(missing)} of {len(keys)} utterances "
-                          f"(first: {missing[0]}); add them or give one instruction for all with --instruction")
-    return {k: per_utt[k] for k in keys}
+    per_utt_path = dump.path / "instruction"
+    per_utt = read_kv(per_utt_path) if per_utt_path.is_file() else None
+    return tasks.utterance_instructions(cfg.task, list(dump.text), per_utt, str(per_utt_path), instruction,
+                                        language=cfg.language)
 
 
 def references(task: str, dump_dir: Path) -> dict[str, str]:
     """The task's reference texts (may cover only some utterances, e.g. continuations after refusal filtering)."""
-    path = dump_dir / REFERENCE_FILE[task]
+    path = dump_dir / tasks.get_task(task).reference
     return {k: v for k, v in read_kv(path).items() if v.strip()} if path.is_file() else {}
 
 
@@ -213,25 +180,24 @@ def decode_settings(cfg: DecodeConfig, model_dir: Path) -> dict:
 
 def dump_fingerprint(dump_dir: Path, task: str) -> str:
     """sha256 of what the hypotheses and records depend on in the dump dir, so that a shard decoded before the dump
-    dir was rebuilt (stage 2 or 3 re-run: new .complete marker) is decoded again rather than reused."""
+    dir was rebuilt (stage 2 or 3 re-run: new .completed marker) is decoded again rather than reused."""
     h = hashlib.sha256()
-    for name in ("text", "feats.scp", "utt2num_frames", "instruction", REFERENCE_FILE[task], ".complete"):
+    for name in ("text", "feats.scp", "utt2num_frames", "instruction", tasks.get_task(task).reference, MARKER):
         path = dump_dir / name
         if path.is_file():
-            h.update(f"{name} {path.stat().st_mtime_ns if name == '.complete' else ''}\n".encode())
+            h.update(f"{name} {path.stat().st_mtime_ns if name == MARKER else ''}\n".encode())
             h.update(path.read_bytes())
     return h.hexdigest()
 
 
 # ---- one shard -------------------------------------------------------------------------------------------------------
-def shard_files(out_dir: str | Path, shard: int) -> tuple[Path, Path]:
-    d = Path(out_dir) / "shards"
-    return d / f"hyp.{shard}.jsonl", d / f"done.{shard}"
+def hyp_file(shards: Shards, shard: int) -> Path:
+    return shards.dir / f"hyp.{shard}.jsonl"
 
 
 def _check_dump_dir(path: Path) -> None:
-    if not (path / ".complete").is_file():
-        raise FileNotFoundError(f"{path}/.complete not found: {path} is not a complete stage-2 dump dir "
+    if not (path / MARKER).is_file():
+        raise FileNotFoundError(f"{path}/{MARKER} not found: {path} is not a complete stage-2 dump dir "
                                 "(run stage 2 of the recipe for this set)")
 
 
@@ -240,20 +206,20 @@ def decode_shard(cfg: DecodeConfig, model=None) -> dict:
     (tests, or a caller decoding several sets); otherwise it is loaded from ``cfg.model_dir``."""
     if not 1 <= cfg.shard <= cfg.num_shards:
         raise ConfigError(f"shard must be in 1..num_shards={cfg.num_shards}, got {cfg.shard}")
+    tasks.get_task(cfg.task)
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     dump_path = Path(cfg.dump_dir)
     _check_dump_dir(dump_path)
     model_dir = resolve_model_dir(cfg.model_dir)
     settings = decode_settings(cfg, model_dir)
-    hyp_path, done_path = shard_files(cfg.out_dir, cfg.shard)
-    if done_path.is_file() and hyp_path.is_file():
-        done = json.loads(done_path.read_text(encoding="utf-8"))
-        if done.get("settings") == settings:
-            logger.info("shard %d/%d already decoded with the same settings (%s); skipping", cfg.shard,
-                        cfg.num_shards, done_path)
-            return done["stats"]
-    done_path.unlink(missing_ok=True)
+    shards = Shards(cfg.out_dir, cfg.num_shards)
+    hyp_path = hyp_file(shards, cfg.shard)
+    done = shards.done(cfg.shard, settings)
+    if done is not None and hyp_path.is_file():
+        logger.info("shard %d/%d already decoded with the same settings (%s); skipping", cfg.shard,
+                    cfg.num_shards, shards.marker(cfg.shard))
+        return done["stats"]
 
     dump = DumpDir.load(dump_path)
     keys = shard_keys(list(dump.text), cfg.shard, cfg.num_shards)
@@ -305,7 +271,7 @@ def decode_shard(cfg: DecodeConfig, model=None) -> dict:
     tmp.write_text("".join(json.dumps(records[k], ensure_ascii=False) + "\n" for k in sorted(records)),
                    encoding="utf-8")
     tmp.replace(hyp_path)
-    done_path.write_text(json.dumps({"settings": settings, "stats": stats}, indent=1) + "\n", encoding="utf-8")
+    shards.finish(cfg.shard, settings, stats=stats)
     _log_speed(f"shard {cfg.shard}/{cfg.num_shards}", stats)
     return stats
 
@@ -331,29 +297,23 @@ def merge(cfg: DecodeConfig) -> Path:
     _check_dump_dir(Path(cfg.dump_dir))
     all_keys = list(read_kv(Path(cfg.dump_dir) / "text"))
     records: dict[str, dict] = {}
-    settings = None
     total = {"utterances": 0, "audio_seconds": 0.0, "seconds": 0.0, "generated_tokens": 0}
     devices, batch_sizes = set(), set()
-    for j in range(1, cfg.num_shards + 1):
-        hyp_path, done_path = shard_files(out_dir, j)
-        if not done_path.is_file() or not hyp_path.is_file():
-            raise DecodeError(f"{done_path}: shard {j} of {cfg.num_shards} has not finished; run it "
-                               f"(--shard {j} --num_shards {cfg.num_shards}; its log says why it failed), then merge")
-        done = json.loads(done_path.read_text(encoding="utf-8"))
-        if settings is None:
-            settings = done["settings"]
-        elif done["settings"] != settings:
-            diff = sorted(k for k in set(settings) | set(done["settings"])
-                          if settings.get(k) != done["settings"].get(k))
-            raise DecodeError(f"{done_path}: shard {j} was decoded with other settings than shard 1 ({diff}); "
-                               f"remove {out_dir}/shards and decode every shard again")
-        for line in hyp_path.read_text(encoding="utf-8").splitlines():
+    shards = Shards(out_dir, cfg.num_shards)
+    try:
+        markers = shards.collect(f"decode each missing shard J (--shard J --num_shards {cfg.num_shards}; its log "
+                                 "says why it failed)")
+    except ShardError as e:
+        raise DecodeError(str(e)) from None
+    settings = shards.signature()
+    for j, marker in enumerate(markers, 1):
+        for line in hyp_file(shards, j).read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             records[rec["key"]] = rec
         for k in total:
-            total[k] += done["stats"][k]
-        devices.add(done["stats"]["device"])
-        batch_sizes.add(done["stats"]["batch_size"])
+            total[k] += marker["stats"][k]
+        devices.add(marker["stats"]["device"])
+        batch_sizes.add(marker["stats"]["batch_size"])
     missing = [k for k in all_keys if k not in records]
     if missing:
         raise DecodeError(f"{out_dir}/shards: {len(missing)} utterances of {cfg.dump_dir}/text were not decoded "
@@ -383,8 +343,8 @@ def merge(cfg: DecodeConfig) -> Path:
     logger.info("CIF token counts: %d predicted vs %d transcript tokens (ratio %.3f), exact for %d of %d utterances; "
                 "%d of %d utterances have a reference (%s)", sum(n_speech), sum(n_text),
                 sum(n_speech) / max(sum(n_text), 1), exact, len(keys), len(refs), len(keys),
-                REFERENCE_FILE[settings["task"]])
-    (out_dir / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n", encoding="utf-8")
+                tasks.get_task(settings["task"]).reference)
+    write_marker(out_dir / MARKER, settings, written=time.strftime("%Y-%m-%dT%H:%M:%S"))
     logger.info("wrote %s/{hyp.txt,hyp.jsonl,%sdecode_config.yaml,decode_stats.json}", out_dir,
                 "ref.txt," if refs else "")
     return out_dir
@@ -396,7 +356,7 @@ def run(cfg: DecodeConfig, model=None) -> Path | None:
         if not getattr(cfg, name) and not (cfg.merge and name == "model_dir"):
             raise ConfigError(f"{name} is required (--{name} ...)")
     if not cfg.merge:
-        (Path(cfg.out_dir) / ".complete").unlink(missing_ok=True)
+        (Path(cfg.out_dir) / MARKER).unlink(missing_ok=True)
         decode_shard(cfg, model)
     if cfg.merge or cfg.num_shards == 1:
         return merge(cfg)

@@ -61,7 +61,7 @@ def test_decode_writes_every_output(model, tiny_model_dir, decode_dump_dir, tmp_
     assert stats["audio_seconds"] == pytest.approx(frames / 100)
     assert stats["generated_tokens"] == sum(r["num_generated_tokens"] for r in records)
     assert stats["real_time_factor"] == pytest.approx(stats["seconds"] / stats["audio_seconds"])
-    assert (out / ".complete").is_file()
+    assert (out / ".completed").is_file()
 
 
 def test_cif_counts_and_texts_match_the_model_run_alone(model, tiny_model_dir, decode_dump_dir, tmp_path):
@@ -95,14 +95,15 @@ def test_same_input_same_output_and_sharded_equals_unsharded(model, tiny_model_d
 def test_merge_refuses_missing_or_mismatched_shards(model, tiny_model_dir, decode_dump_dir, tmp_path):
     out = tmp_path / "m"
     run(_cfg(tiny_model_dir, decode_dump_dir, out, num_shards=2, shard=1), model=model)
-    with pytest.raises(DecodeError, match=rf"^{out}/shards/done.2: shard 2 of 2 has not finished; run it "
-                                          r"\(--shard 2 --num_shards 2; its log says why it failed\), then merge$"):
+    with pytest.raises(DecodeError, match=rf"^{out}/shards: shard\(s\) 2 of 2 are not done \(no .completed.J marker\). "
+                                          r"Fix: decode each missing shard J \(--shard J --num_shards 2; its log says "
+                                          r"why it failed\), then merge again$"):
         merge(_cfg(tiny_model_dir, decode_dump_dir, out, num_shards=2))
     run(_cfg(tiny_model_dir, decode_dump_dir, out, num_shards=2, shard=2, max_new_tokens=3), model=model)
-    with pytest.raises(DecodeError, match=r"shard 2 was decoded with other settings than shard 1 \(\['generate_kwargs',"
-                                          r" 'max_new_tokens'\]\); remove .*/shards and decode every shard again"):
+    with pytest.raises(DecodeError, match=r"shard 2 was written with other settings than shard 1 \(\['generate_kwargs',"
+                                          r" 'max_new_tokens'\]\); remove .*/shards and run every shard again"):
         merge(_cfg(tiny_model_dir, decode_dump_dir, out, num_shards=2))
-    assert not (out / ".complete").exists()
+    assert not (out / ".completed").exists()
 
 
 def test_finished_shard_is_skipped_unless_settings_change(model, tiny_model_dir, decode_dump_dir, tmp_path, caplog):
@@ -148,11 +149,11 @@ def test_config_errors(model, tiny_model_dir, decode_dump_dir, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(decode_dump_dir, bare)
     (bare / "instruction").unlink()
-    with pytest.raises(ConfigError, match=rf"^task instruction needs instruction, instruction_file, or a per-utterance "
-                                          rf"file {bare}/instruction \(not found\)$"):
+    with pytest.raises(ConfigError, match=rf"^task 'instruction' needs an instruction: give one, or a "
+                                          rf"per-utterance file {bare}/instruction \(not found\)$"):
         run(_cfg(tiny_model_dir, bare, tmp_path / "y", task="instruction"), model=model)
-    (bare / ".complete").unlink()
-    with pytest.raises(FileNotFoundError, match=rf"^{bare}/.complete not found: {bare} is not a complete stage-2 "
+    (bare / ".completed").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"^{bare}/.completed not found: {bare} is not a complete stage-2 "
                                                  r"dump dir \(run stage 2 of the recipe for this set\)$"):
         run(_cfg(tiny_model_dir, bare, tmp_path / "z"), model=model)
     with pytest.raises(ConfigError, match=r"^shard must be in 1..num_shards=2, got 3$"):
@@ -184,7 +185,7 @@ def test_cli_end_to_end_in_subprocess(tiny_model_dir, decode_dump_dir, tmp_path)
     p = subprocess.run(base + ["--merge", "true"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "real-time factor" in p.stderr and "generated tokens/s" in p.stderr
-    assert (tmp_path / "cli/.complete").is_file()
+    assert (tmp_path / "cli/.completed").is_file()
     p = subprocess.run(base + ["--taks", "continuation"], capture_output=True, text=True)
     assert p.returncode == 2
     assert "error: command line: unknown key 'taks' (did you mean 'task'?)" in p.stderr
@@ -246,7 +247,7 @@ def test_rebuilt_dump_dir_is_decoded_again(model, tiny_model_dir, decode_dump_di
     shutil.copytree(decode_dump_dir, dump)
     cfg = _cfg(tiny_model_dir, dump, tmp_path / "o")
     run(cfg, model=model)
-    (dump / ".complete").write_text("rebuilt\n")  # stage 2 ran again
+    (dump / ".completed").write_text("rebuilt\n")  # stage 2 ran again
     caplog.set_level("INFO")
     run(cfg, model=model)
     assert "already decoded" not in caplog.text

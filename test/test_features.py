@@ -182,7 +182,8 @@ def _extract(data, out, fe, n, j, *extra):
 
 
 def _merge(data, out, n):
-    return extract_feats.main(["--data-dir", str(data), "--out-dir", str(out), "--num-shards", str(n), "--merge"])
+    return extract_feats.main(["--data-dir", str(data), "--out-dir", str(out), "--num-shards", str(n),
+                               "--merge", "true"])
 
 
 def _log_lines(capsys) -> list[str]:
@@ -199,7 +200,7 @@ def test_extract_shards_merge_and_resume(tmp_path, speech_data_dir, fe80_dir, ca
         assert _extract(data, out, fe80_dir, 2, j) == 0
     assert _merge(data, out, 2) == 0
     assert validate_data_dir(out) == []
-    assert (out / ".complete").is_file()
+    assert (out / ".completed").is_file()
     for name in ("text", "utt2spk", "spk2utt", "wav.scp", "instruction"):
         assert (out / name).read_text() == (data / name).read_text()
     feats = load_scp(out / "feats.scp")
@@ -211,16 +212,17 @@ def test_extract_shards_merge_and_resume(tmp_path, speech_data_dir, fe80_dir, ca
         wave = reader.read(utt)
         np.testing.assert_array_equal(feats[utt], mel(wave))
         assert int(frames[utt]) == len(wave) // 160 == feats[utt].shape[0]
-    # shards by speaker: every speaker's utterances sit in one shard
-    spk = read_kv(data / "utt2spk")
-    shard_spk = [{spk[u] for u in read_kv(out / "shards" / f"feats.{j}.scp")} for j in (1, 2)]
-    assert shard_spk[0].isdisjoint(shard_spk[1])
+    # shard J: the J-th contiguous block of the sorted utterance ids (blspkd/utils/shards.py)
+    utts = sorted(read_kv(data / "utt2spk"))
+    assert [sorted(read_kv(out / "shards" / f"feats.{j}.scp")) for j in (1, 2)] == [utts[:len(utts) // 2],
+                                                                                   utts[len(utts) // 2:]]
 
     # "kill" shard 2: delete its outputs; rerunning both jobs redoes only shard 2
     ark1 = out / "shards" / "feats.1.ark"
     mtime1 = ark1.stat().st_mtime_ns
     for f in (out / "shards").glob("*.2*"):
         f.unlink()
+    (out / "shards" / ".completed.2").unlink(missing_ok=True)
     scp_before = (out / "feats.scp").read_text()
     capsys.readouterr()
     for j in (1, 2):
@@ -235,13 +237,13 @@ def test_extract_shards_merge_and_resume(tmp_path, speech_data_dir, fe80_dir, ca
 
     # a changed setting recomputes the shard instead of reusing it
     _extract(data, out, fe80_dir, 2, 1, "--min_duration", 0.1)
-    assert any("settings or outputs changed" in m for m in _log_lines(capsys))
+    assert any("settings or inputs changed" in m for m in _log_lines(capsys))
     # ... and so does other audio for the shard's utterances under the same settings
     wav = read_kv(data / "wav.scp")
     first = sorted(wav)[0]
     write_kv(data / "wav.scp", {**wav, first: f"cat {wav[first]} |"})
     _extract(data, out, fe80_dir, 2, 1, "--min_duration", 0.1)
-    assert any("settings or outputs changed" in m for m in _log_lines(capsys))
+    assert any("settings or inputs changed" in m for m in _log_lines(capsys))
     _extract(data, out, fe80_dir, 2, 1, "--min_duration", 0.1)
     assert any(m.startswith("shard 1/2 already done") for m in _log_lines(capsys))
 
@@ -252,11 +254,11 @@ def test_merge_with_a_missing_shard_says_what_to_run(tmp_path, speech_data_dir, 
     with pytest.raises(DataDirError) as e:
         _merge(speech_data_dir, out, 3)
     assert str(e.value) == (
-        f"{out}/shards: shard(s) 1, 3 of 3 are not done. Fix: run python -m blspkd.bin.extract_feats --data_dir "
-        f"{speech_data_dir} --out_dir {out} --feature_extractor DIR --num_shards 3 --shard J for each missing J "
-        "(stage 2 again does exactly that)"
+        f"{out}/shards: shard(s) 1, 3 of 3 are not done (no .completed.J marker). Fix: run python -m "
+        f"blspkd.bin.extract_feats --data_dir {speech_data_dir} --out_dir {out} --feature_extractor DIR --num_shards 3 "
+        "--shard J for each missing J (stage 2 again does exactly that), then merge again"
     )
-    assert not (out / ".complete").exists()
+    assert not (out / ".completed").exists()
 
 
 def test_duration_filter_counts(tmp_path, speech_data_dir, fe80_dir, capsys):
@@ -266,10 +268,10 @@ def test_duration_filter_counts(tmp_path, speech_data_dir, fe80_dir, capsys):
     hi = round((dur[-1][0] + dur[-2][0]) / 2, 3)
     out = tmp_path / "dump"
     for j in (1, 2, 3):
-        _extract(speech_data_dir, out, fe80_dir, 3, j, "--split_by", "utterance", "--min_duration", lo,
+        _extract(speech_data_dir, out, fe80_dir, 3, j, "--min_duration", lo,
                  "--max_duration", hi)
     _merge(speech_data_dir, out, 3)
-    complete = json.loads((out / ".complete").read_text())
+    complete = json.loads((out / ".completed").read_text())["totals"]
     assert complete["kept"] == len(wav) - 2 and complete["utterances"] == len(wav)
     assert complete["dropped"] == {f"shorter than min_duration {lo} s": 1, f"longer than max_duration {hi} s": 1}
     assert sorted(read_kv(out / "text")) == sorted(u for _, u in dur[1:-1])
@@ -299,7 +301,7 @@ def test_unreadable_audio_fails_or_is_skipped_with_a_count(tmp_path, speech_data
     out = tmp_path / "dump"
     assert _extract(data, out, fe80_dir, 1, 1, "--skip_bad_audio", "true") == 0
     assert _merge(data, out, 1) == 0
-    complete = json.loads((out / ".complete").read_text())
+    complete = json.loads((out / ".completed").read_text())["totals"]
     assert (complete["kept"], complete["dropped"]) == (len(wav) - 1, {"unreadable audio": 1})
     assert bad not in read_kv(out / "text")
     assert "dropped 1 utterance(s): unreadable audio" in _log_lines(capsys)

@@ -69,7 +69,7 @@ def test_data_and_dump_dirs(e2e, monkeypatch):
         assert validate_data_dir(data) == []
         assert len(read_kv(data / "text")) == size
         dump = recipe / "dump" / name
-        assert (dump / ".complete").is_file() and validate_data_dir(dump) == []
+        assert (dump / ".completed").is_file() and validate_data_dir(dump) == []
         keys = list(read_kv(dump / "text"))
         assert len(keys) == size  # espeak sentences and the LibriVox clips are 1-15 s: nothing is filtered
         assert sorted(load_scp(dump / "feats.scp")) == keys

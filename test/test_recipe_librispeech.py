@@ -158,7 +158,7 @@ def test_stage2_features_of_every_set(stage1, tiny_whisper_dir, monkeypatch):
 
     for name in ["train", "dev_clean", "dev_other", "test_clean", "test_other"]:
         dump = stage1 / "dump" / name
-        assert (dump / ".complete").is_file()
+        assert (dump / ".completed").is_file()
         feats = load_scp(dump / "feats.scp")
         assert sorted(feats) == sorted(read_kv(stage1 / "data" / name / "text"))
         frames = read_kv(dump / "utt2num_frames")

@@ -155,7 +155,7 @@ def test_mini_recipe_stages_0_to_2(tmp_path, real_models, monkeypatch):
     for name, size in sizes.items():
         assert validate_data_dir(recipe / "data" / name) == []
         dump = recipe / "dump" / name
-        assert (dump / ".complete").is_file() and validate_data_dir(dump) == []
+        assert (dump / ".completed").is_file() and validate_data_dir(dump) == []
         feats = load_scp(dump / "feats.scp")
         assert len(feats) == size  # espeak sentences are 1-15 s: nothing is filtered
         frames = read_kv(dump / "utt2num_frames")

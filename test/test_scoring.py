@@ -328,6 +328,10 @@ def test_cli_scores_and_aggregates(decode_tree, capsys, monkeypatch):
     assert "(3 lines in hyp.jsonl)" in md
     assert "decode config: none found (decode_config.yaml absent)" in md  # kd_b has none: not an error
     assert "scoring command: `python -m blspkd.bin.score --ref dump/test/continuation" in md
+    # paths relative to the recipe (RESULTS.md's directory), none of this machine's
+    assert str(root) not in md
+    assert "- model dir: `exp/kd_a`" in md and "`model_dir=exp/kd_a`" in md
+    assert "hypothesis: `exp/kd_a/decode_test/hyp.txt`" in md
 
 
 def test_cli_errors_are_one_clear_line(decode_tree, capsys, monkeypatch):

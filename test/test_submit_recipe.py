@@ -113,7 +113,7 @@ def test_recipe_stages_1_2_as_one_batch_job(slurm_cluster, fake_librispeech, tin
     assert "successfully finished stages 1-2" in log
     for name in ("train", "dev_clean", "test_clean"):
         dump = recipe / "dump" / name
-        assert (dump / ".complete").is_file()
+        assert (dump / ".completed").is_file()
         assert sorted(read_kv(dump / "utt2num_frames")) == sorted(read_kv(recipe / "data" / name / "text"))
         assert list((dump / "log" / "q").glob("*.sh")), "stage 2 did not go through run_slurm.py job arrays"
 

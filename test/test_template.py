@@ -49,7 +49,7 @@ def test_setup_creates_a_working_recipe(tmp_path):
     res = run_script(target, "./run.sh", "--stage", "1", "--stop_stage", "1")
     assert res.returncode != 0
     assert "the template written by egs/TEMPLATE/setup.sh: write local/data.sh for your corpus first" in res.stdout
-    assert not (target / "data" / ".stage1.complete").exists()
+    assert not (target / "data" / ".completed.stage1").exists()
 
 
 def test_setup_refuses_an_existing_recipe(tmp_path):
@@ -180,7 +180,7 @@ def test_stage1_markers_rerun_script_and_force(recipe_dir, tiny_corpus, tmp_path
     res = run_script(recipe_dir, *args)
     assert res.returncode == 0, res.stdout
     assert "stage 1: data/train: 5 utterances, valid" in res.stdout
-    assert (recipe_dir / "data" / ".stage1.complete").is_file()
+    assert (recipe_dir / "data" / ".completed.stage1").is_file()
     res = run_script(recipe_dir, *args)
     assert "data already prepared with the same options" in res.stdout and _runs(recipe_dir) == 1
     # The re-run script repeats exactly stage 1 with the same options; --force true redoes it.
@@ -207,7 +207,7 @@ def test_stage1_rejects_invalid_and_missing_sets(recipe_dir, tiny_corpus):
     res = run_script(recipe_dir, "./blspkd.sh", "--stage", "1", "--stop_stage", "1", "--train_set", "train")
     assert res.returncode != 0
     assert "data/train/text:2" in res.stdout and "sort" in res.stdout
-    assert not (recipe_dir / "data" / ".stage1.complete").exists()
+    assert not (recipe_dir / "data" / ".completed.stage1").exists()
     write_kv(text, read_kv(text))
     res = run_script(recipe_dir, "./blspkd.sh", "--stage", "1", "--stop_stage", "1", "--train_set", "train",
                      "--valid_set", "dev")
@@ -226,7 +226,7 @@ def test_stage2_features_filter_markers(recipe_dir, tiny_corpus, tiny_whisper_di
     wavs = read_kv(recipe_dir / "data" / "train" / "wav.scp")
     for dset, kept in (("train", 4), ("test", 5)):  # the 0.05 s utterance is dropped from training data only
         dump = recipe_dir / "dump" / dset
-        assert (dump / ".complete").is_file()
+        assert (dump / ".completed").is_file()
         feats = load_scp(dump / "feats.scp")
         frames = read_kv(dump / "utt2num_frames")
         assert len(feats) == kept and sorted(frames) == sorted(read_kv(dump / "text"))
@@ -242,8 +242,8 @@ def test_stage2_features_filter_markers(recipe_dir, tiny_corpus, tiny_whisper_di
     res = run_script(recipe_dir, *args)
     assert res.returncode == 0 and res.stdout.count("already complete with the same options; skipping") == 2
     # After a killed run (shard 2 and the merge missing), stage 2 again redoes only the missing shard.
-    (recipe_dir / "dump" / "train" / ".complete").unlink()
-    (recipe_dir / "dump" / "train" / "shards" / "done.2").unlink()
+    for marker in (".completed.stage2", ".completed", "shards/.completed.2"):
+        (recipe_dir / "dump" / "train" / marker).unlink()
     res = run_script(recipe_dir, *args)
     assert res.returncode == 0, res.stdout
     assert "already done" in (recipe_dir / "dump" / "train" / "log" / "extract.1.log").read_text()

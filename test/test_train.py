@@ -122,6 +122,34 @@ def test_dataset_tasks_instructions_responses_and_logged_skips(train_dump_dirs, 
         TrainingData([train_dump_dirs["train"]], [TaskConfig(kind="translation")])
 
 
+def test_dataset_and_collate_leave_the_end_of_turn_off_truncated_responses(tiny_llm_dir, tmp_path):
+    """A teacher continuation cut at max_new_tokens is no finished turn: the model must not learn to stop there."""
+    from types import SimpleNamespace
+
+    from fixtures.train import SENTENCES, make_dump_dir
+    from transformers import AutoTokenizer
+
+    from blspkd.data.collate import BlspKdCollator
+    from blspkd.data.kaldi_dir import write_kv
+    from blspkd.data.prompts import ChatFraming
+
+    keys = [f"spk{i % 3}-utt{i:03d}" for i in range(3)]
+    cont = {k: f"and the story went on {i}" for i, k in enumerate(keys)}
+    dump = make_dump_dir(tmp_path / "d", SENTENCES[:3], seed=0, continuations=cont)
+    write_kv(dump / "continuation.truncated", {keys[0]: "true", keys[1]: "false", keys[2]: "false"})
+    data = TrainingData([dump], [TaskConfig(kind="continuation")])
+    items = [data[(0, k, 0)] for k in keys]
+    assert [it.get("response_truncated", False) for it in items] == [True, False, False]
+    tok = AutoTokenizer.from_pretrained(tiny_llm_dir)
+    config = SimpleNamespace(system_prompt=None, instruction_separator="\n", default_instruction="Repeat.")
+    batch = BlspKdCollator(tok, config)(items)
+    framing = ChatFraming(tok)
+    for i, k in enumerate(keys):
+        response = batch["input_ids"][i][batch["response_mask"][i]].tolist()
+        body = tok(cont[k], add_special_tokens=False)["input_ids"]
+        assert response == (body if i == 0 else body + framing.end_of_turn_ids), k
+
+
 def test_dataset_names_a_missing_dump_file(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(FileNotFoundError, match=r"d/feats.scp is missing: .* \(run stage 2 of the recipe\)"):

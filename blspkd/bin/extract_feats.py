@@ -4,13 +4,14 @@ Usage:
     # shard J of N (run for J = 1..N, e.g. through ${train_cmd} JOB=1:N ... --shard JOB)
     python -m blspkd.bin.extract_feats --data_dir data/train --out_dir dump/train \\
         --feature_extractor downloads/whisper-tiny.en --num_shards 4 --shard 1 [--min_duration 0.5 --max_duration 30]
-    # after all shards: the complete dump dir (feats.scp, utt2num_frames, data-dir files of kept utterances, .complete)
-    python -m blspkd.bin.extract_feats --data_dir data/train --out_dir dump/train --num_shards 4 --merge
+    # after all shards: the complete dump dir (feats.scp, utt2num_frames, data-dir files of kept utterances, .completed)
+    python -m blspkd.bin.extract_feats --data_dir data/train --out_dir dump/train --num_shards 4 --merge true
 
 Features: float32 (frames x n_mels) Whisper log-mel at 100 frames/s, not padded to 30 s, identical to transformers'
 WhisperFeatureExtractor on the unpadded signal; n_mels (80/128) comes from <feature_extractor>/preprocessor_config.json.
-Shard outputs go to <out_dir>/shards/{feats.J.ark,feats.J.scp,utt2num_frames.J,dropped.J,done.J}; a shard whose done.J
-exists with the same settings is skipped, so re-running all jobs after a killed one redoes only the missing shards.
+Shard J (the J-th contiguous block of the sorted utterance ids; blspkd/utils/shards.py) goes to
+<out_dir>/shards/{feats.J.ark,feats.J.scp,utt2num_frames.J,dropped.J,.completed.J}; a shard whose .completed.J exists
+with the same settings is skipped, so re-running all jobs after a killed one redoes only the missing shards.
 Utterances outside [min_duration, max_duration] (default max: the extractor's chunk_length, 30 s, the most Whisper's
 encoder takes) are dropped and counted per reason. Options accept '-' or '_' (--out-dir = --out_dir).
 """
@@ -40,14 +41,12 @@ def get_parser() -> argparse.ArgumentParser:
                    help="HF model dir with preprocessor_config.json (required unless --merge)")
     p.add_argument(*opt("num_shards"), dest="num_shards", type=int, required=True, help="number of shards N")
     p.add_argument("--shard", type=int, help="which shard to compute, 1..N (required unless --merge)")
-    p.add_argument("--merge", action="store_true", help="merge the N done shards into the complete dump dir")
+    p.add_argument("--merge", type=_bool, default=False,
+                   help="true: merge the N done shards into the complete dump dir (default: false)")
     p.add_argument(*opt("min_duration"), dest="min_duration", type=float, default=None,
                    help="drop utterances shorter than this many seconds (default: none)")
     p.add_argument(*opt("max_duration"), dest="max_duration", type=float, default=None,
                    help="drop utterances longer than this many seconds (default: the extractor's chunk_length, 30)")
-    p.add_argument(*opt("split_by"), dest="split_by", choices=["speaker", "utterance"], default="speaker",
-                   help="shard by speaker (Kaldi split_data.sh; falls back to utterances if too few speakers) or by "
-                   "contiguous utterances (default: speaker)")
     p.add_argument(*opt("skip_bad_audio"), dest="skip_bad_audio", type=_bool, default=False,
                    help="true: skip unreadable audio with a logged count instead of failing (default: false)")
     p.add_argument(*opt("num_threads"), dest="num_threads", type=int, default=1, help="torch threads (default: 1)")
@@ -64,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         merge_shards(args.data_dir, args.out_dir, args.num_shards)
         return 0
     if args.shard is None or args.feature_extractor is None:
-        get_parser().error("--shard and --feature_extractor are required unless --merge is given")
+        get_parser().error("--shard and --feature_extractor are required unless --merge true is given")
     extract_shard(
         args.data_dir, args.out_dir, args.feature_extractor, args.num_shards, args.shard,
-        min_duration=args.min_duration, max_duration=args.max_duration, split_by=args.split_by,
-        skip_bad_audio=args.skip_bad_audio, num_threads=args.num_threads,
+        min_duration=args.min_duration, max_duration=args.max_duration, skip_bad_audio=args.skip_bad_audio,
+        num_threads=args.num_threads,
     )
     return 0
 

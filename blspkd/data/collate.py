@@ -1,7 +1,8 @@
 """Batch collation for BlspKdModel.forward: features plus one token layout shared by the teacher and the student.
 
 Because the CIF emits exactly as many speech tokens as the transcript has LLM tokens, the student sequence has the same
-length and layout as the teacher's: ``[prefix | transcript | suffix | response + end of turn]``, right-padded. The model
+length and layout as the teacher's: ``[prefix | transcript | suffix | response + end of turn]``, right-padded (no end
+of turn after a truncated teacher response). The model
 replaces the embeddings at ``transcript_mask`` positions by speech tokens for the student pass.
 """
 from __future__ import annotations
@@ -18,8 +19,10 @@ class BlspKdCollator:
     feats (B, T, n_mels) float32 zero-padded, feats_lengths (B,), input_ids (B, L), attention_mask (B, L),
     transcript_mask (B, L) bool, response_mask (B, L) bool (response tokens incl. end of turn), num_tokens (B,).
 
-    An item is ``{"key", "feats" (T, n_mels) float32, "text", optional "instruction", optional "response"}``; an item
-    without an instruction gets ``config.default_instruction``.
+    An item is ``{"key", "feats" (T, n_mels) float32, "text", optional "instruction", optional "response", optional
+    "response_truncated"}``; an item without an instruction gets ``config.default_instruction``. A truncated response
+    (the teacher stopped at max_new_tokens) gets no end of turn: the model must not learn to stop where the teacher was
+    cut off.
     """
 
     def __init__(self, tokenizer, config):
@@ -39,7 +42,8 @@ class BlspKdCollator:
                                  "data dir (utils/fix_data_dir.sh drops empty transcripts)")
             instruction = item.get("instruction") or self.default_instruction
             prefix = self.framing.prefix_ids(instruction)
-            response = self.framing.response_ids(item["response"]) if item.get("response") else []
+            response = (self.framing.response_ids(item["response"], finished=not item.get("response_truncated"))
+                        if item.get("response") else [])
             head = len(prefix)
             tail = head + len(transcript) + len(self.framing.suffix_ids)
             seqs.append(prefix + transcript + self.framing.suffix_ids + response)

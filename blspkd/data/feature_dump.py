@@ -1,18 +1,16 @@
 """Stage 2: Whisper log-mel features of a data dir, computed in shards and merged into a dump dir.
 
-``extract_shard`` computes shard J of N (utterances split deterministically by speaker, or contiguously by utterance)
-into ``<out>/shards/feats.J.{ark,scp}``, ``utt2num_frames.J`` and ``dropped.J`` (utterance -> reason), then writes the
-marker ``done.J`` (JSON: the settings and the shard's statistics). A shard whose marker exists with the same settings
+The shard protocol is blspkd/utils/shards.py's. ``extract_shard`` computes shard J of N into
+``<out>/shards/feats.J.{ark,scp}``, ``utt2num_frames.J`` and ``dropped.J`` (utterance -> reason), then writes the
+marker ``.completed.J`` (the settings and the shard's statistics). A shard whose marker exists with the same settings
 is skipped, so re-running every job after a killed one redoes only the missing shards. ``merge_shards`` checks that
 every shard is done, writes ``<out>/feats.scp`` and ``utt2num_frames`` and the data dir's files restricted to the kept
-utterances, validates the result and writes ``<out>/.complete``.
+utterances, validates the result and writes ``<out>/.completed`` (the totals).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import socket
 import time
 from collections import Counter
@@ -22,22 +20,21 @@ import torch
 from tqdm import tqdm
 
 from blspkd.data.audio import AudioReader
-from blspkd.data.data_dir_ops import load_tables, split_utterances, write_restricted
+from blspkd.data.data_dir_ops import load_tables, write_restricted
 from blspkd.data.feats_io import write_feats
 from blspkd.data.kaldi_dir import RECO_FILES, SPK_FILES, UTT_FILES, DataDirError, check_data_dir, read_kv, write_kv
 from blspkd.data.mel import WhisperLogMel
+from blspkd.utils.shards import MARKER, ShardError, Shards, shard_keys, write_marker
 
 logger = logging.getLogger(__name__)
 
 
-def shard_paths(out_dir: str | Path, shard: int) -> dict[str, Path]:
-    s = Path(out_dir) / "shards"
+def shard_paths(shards: Shards, shard: int) -> dict[str, Path]:
     return {
-        "ark": s / f"feats.{shard}.ark",
-        "scp": s / f"feats.{shard}.scp",
-        "frames": s / f"utt2num_frames.{shard}",
-        "dropped": s / f"dropped.{shard}",
-        "done": s / f"done.{shard}",
+        "ark": shards.dir / f"feats.{shard}.ark",
+        "scp": shards.dir / f"feats.{shard}.scp",
+        "frames": shards.file("utt2num_frames", shard),
+        "dropped": shards.file("dropped", shard),
     }
 
 
@@ -71,36 +68,33 @@ def extract_shard(
     shard: int,
     min_duration: float | None = None,
     max_duration: float | None = None,
-    split_by: str = "speaker",
     skip_bad_audio: bool = False,
     num_threads: int = 1,
 ) -> dict:
-    """Compute shard ``shard`` (1-based) of ``num_shards``; returns the shard's statistics (also stored in done.J)."""
+    """Compute shard ``shard`` (1-based) of ``num_shards``; returns the shard's statistics (also in its marker)."""
     if not 1 <= shard <= num_shards:
         raise DataDirError(f"--shard {shard} is outside 1..{num_shards} (--num_shards {num_shards})")
-    if split_by not in ("speaker", "utterance"):
-        raise DataDirError(f"--split_by must be 'speaker' or 'utterance', got '{split_by}'")
     if Path(out_dir).resolve() == Path(data_dir).resolve():
         raise DataDirError(f"--out_dir must differ from --data_dir ({data_dir})")
     mel = WhisperLogMel.from_pretrained(feature_extractor)
     max_duration = float(mel.chunk_length) if max_duration is None else max_duration
-    settings = {
-        "data_dir": str(Path(data_dir).resolve()), "feature_extractor": str(Path(feature_extractor).resolve()),
-        "n_mels": mel.n_mels, "num_shards": num_shards, "split_by": split_by,
-        "min_duration": min_duration, "max_duration": max_duration,
-    }
     check_data_dir(data_dir)
-    utt2spk = read_kv(Path(data_dir) / "utt2spk")
-    utts = split_utterances(utt2spk, num_shards, by_speaker=split_by == "speaker")[shard - 1]
-    settings["shard_inputs_sha1"] = _inputs_digest(data_dir, utts)  # same settings but other audio: recompute
-    paths = shard_paths(out_dir, shard)
-    if paths["done"].is_file():
-        previous = json.loads(paths["done"].read_text())
-        if previous.get("settings") == settings and all(paths[k].is_file() for k in ("ark", "scp", "frames")):
-            logger.info("shard %d/%d already done (%s); skipping", shard, num_shards, paths["done"])
-            return previous
-        logger.info("shard %d/%d: settings or outputs changed since %s; recomputing", shard, num_shards, paths["done"])
-        paths["done"].unlink()
+    utts = shard_keys(read_kv(Path(data_dir) / "utt2spk"), shard, num_shards)
+    signature = {
+        "data_dir": str(Path(data_dir).resolve()), "feature_extractor": str(Path(feature_extractor).resolve()),
+        "n_mels": mel.n_mels, "num_shards": num_shards, "min_duration": min_duration, "max_duration": max_duration,
+        "shard_inputs_sha1": _inputs_digest(data_dir, utts),  # same settings but other audio: recompute
+    }
+    shards = Shards(out_dir, num_shards)
+    paths = shard_paths(shards, shard)
+    previous = shards.done(shard, signature)
+    if previous is not None and all(p.is_file() for p in paths.values()):
+        logger.info("shard %d/%d already done (%s); skipping", shard, num_shards, shards.marker(shard))
+        return previous["stats"]
+    if previous is not None:
+        logger.info("shard %d/%d: outputs missing since %s was written; redoing it", shard, num_shards,
+                    shards.marker(shard))
+    shards.dir.mkdir(parents=True, exist_ok=True)
 
     torch.set_num_threads(num_threads)
     reader = AudioReader(data_dir, sample_rate=mel.sampling_rate, skip_bad=skip_bad_audio)
@@ -135,14 +129,12 @@ def extract_shard(
     write_kv(paths["dropped"], dropped)
     reasons = Counter(dropped.values())
     stats = {
-        "settings": settings, "utterances": len(utts), "kept": len(frames), "dropped": dict(reasons),
+        "utterances": len(utts), "kept": len(frames), "dropped": dict(reasons),
         "audio_seconds": round(audio_s, 3), "wall_seconds": round(wall, 3), "mel_seconds": round(mel_time, 3),
         "num_threads": num_threads, "resampled": reader.stats.resampled, "downmixed": reader.stats.downmixed,
         "xrt_per_core": round(audio_s / max(wall, 1e-9) / num_threads, 1), "host": socket.gethostname(),
     }
-    tmp = paths["done"].with_name(paths["done"].name + ".tmp")  # per shard: with_suffix would give all "done.tmp"
-    tmp.write_text(json.dumps(stats, indent=1) + "\n")
-    os.replace(tmp, paths["done"])
+    shards.finish(shard, signature, stats=stats)
     logger.info(
         "shard %d/%d: %d of %d utterances kept, %.1f s of audio in %.1f s (%.1f s log-mel) = %.0fx real time per core "
         "(%d thread(s)); resampled %d, downmixed %d recording(s)", shard, num_shards, len(frames), len(utts), audio_s,
@@ -154,24 +146,21 @@ def extract_shard(
 
 
 def merge_shards(data_dir: str | Path, out_dir: str | Path, num_shards: int) -> dict:
-    """Merge the done shards into the complete dump dir ``out_dir``; returns the totals (also in ``.complete``)."""
+    """Merge the done shards into the complete dump dir ``out_dir``; returns the totals (also in ``.completed``)."""
     out = Path(out_dir)
-    (out / ".complete").unlink(missing_ok=True)
-    missing = [j for j in range(1, num_shards + 1) if not shard_paths(out, j)["done"].is_file()]
-    if missing:
-        raise DataDirError(
-            f"{out}/shards: shard(s) {', '.join(map(str, missing))} of {num_shards} are not done. Fix: run "
-            f"python -m blspkd.bin.extract_feats --data_dir {data_dir} --out_dir {out_dir} --feature_extractor DIR "
-            f"--num_shards {num_shards} --shard J for each missing J (stage 2 again does exactly that)"
-        )
-    stats = [json.loads(shard_paths(out, j)["done"].read_text()) for j in range(1, num_shards + 1)]
-    if any(s["settings"]["num_shards"] != num_shards for s in stats):
-        raise DataDirError(f"{out}/shards: the done markers were written for another --num_shards; rerun stage 2")
+    (out / MARKER).unlink(missing_ok=True)
+    shards = Shards(out, num_shards)
+    try:
+        stats = [m["stats"] for m in shards.collect(
+            f"run python -m blspkd.bin.extract_feats --data_dir {data_dir} --out_dir {out_dir} --feature_extractor "
+            f"DIR --num_shards {num_shards} --shard J for each missing J (stage 2 again does exactly that)")]
+    except ShardError as e:
+        raise DataDirError(str(e)) from None
     feats: dict[str, str] = {}
     frames: dict[str, str] = {}
     dropped: Counter = Counter()
     for j in range(1, num_shards + 1):
-        p = shard_paths(out, j)
+        p = shard_paths(shards, j)
         feats.update(read_kv(p["scp"]) if p["scp"].stat().st_size else {})
         frames.update(read_kv(p["frames"]) if p["frames"].stat().st_size else {})
         dropped.update(read_kv(p["dropped"]).values() if p["dropped"].stat().st_size else [])
@@ -193,5 +182,5 @@ def merge_shards(data_dir: str | Path, out_dir: str | Path, num_shards: int) -> 
                 num_shards, out, kept, total["utterances"], total["audio_hours"], total["xrt_per_core"])
     for reason, n in sorted(dropped.items()):
         logger.info("dropped %d utterance(s): %s", n, reason)
-    (out / ".complete").write_text(json.dumps(total, indent=1) + "\n")
+    write_marker(out / MARKER, shards.signature(), totals=total)
     return total

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def collect_decode_dir(result_json: Path) -> dict | None:
         entry["decode_config"] = {
             "path": str(decode_cfg_path),
             "sha256": config_hash(decode_cfg_path),
-            "settings": {k: _short(v) for k, v in _flatten(decode_cfg).items()},
+            "settings": _flatten(decode_cfg),
         }
     model_dir = next((Path(decode_cfg[k]) for k in MODEL_DIR_KEYS if isinstance(decode_cfg.get(k), str)), None)
     if model_dir is None or not model_dir.is_dir():
@@ -245,7 +246,7 @@ def _reproduce_section(e: dict) -> str:
     if dc:
         lines.append(f"- decode config: `{dc['path']}` sha256 `{(dc['sha256'] or 'empty')[:12]}`")
         if dc["settings"]:
-            lines.append("- decode settings: " + ", ".join(f"`{k}={v}`" for k, v in dc["settings"].items()))
+            lines.append("- decode settings: " + ", ".join(f"`{k}={_short(v)}`" for k, v in dc["settings"].items()))
     else:
         lines.append(f"- decode config: none found ({DECODE_CONFIG} absent)")
     lines.append(f"- reference: `{r['ref']}` sha256 `{r['ref_sha256'][:12]}`; hypothesis: `{r['hyp']}` sha256 "
@@ -266,8 +267,34 @@ def _reproduce_section(e: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _relative(value: object, base: Path) -> object:
+    """An absolute path as seen from ``base`` (RESULTS.md's directory, the recipe), so the file names no machine."""
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.relpath(value, base)
+    return value
+
+
+def _relative_command(command: str, base: Path) -> str:
+    return shlex.join(str(_relative(word, base)) for word in shlex.split(command)) if command else command
+
+
+def _relative_entry(e: dict, base: Path) -> dict:
+    e = {**e, "decode_dir": _relative(e["decode_dir"], base), "model_dir": _relative(e["model_dir"], base)}
+    r = e["result"]
+    e["result"] = {**r, "ref": _relative(r["ref"], base), "hyp": _relative(r["hyp"], base),
+                   "command": _relative_command(r.get("command") or "", base)}
+    if e["decode_config"]:
+        dc = e["decode_config"]
+        e["decode_config"] = {**dc, "path": _relative(dc["path"], base),
+                              "settings": {k: _relative(v, base) for k, v in dc["settings"].items()}}
+    return e
+
+
 def write_results_md(entries: list[dict], path: str | Path, command: str = "") -> str:
-    """Write RESULTS.md (replacing it) and return the results table."""
+    """Write RESULTS.md (replacing it) and return the results table. Paths are written relative to its directory."""
+    base = Path(path).resolve().parent
+    entries = [_relative_entry(e, base) for e in entries]
+    command = _relative_command(command, base)
     table = results_table(entries)
     versions = package_versions(["blspkd", "jiwer", "sacrebleu", "transformers", "torch"])
     header = [

@@ -28,17 +28,14 @@ class DumpDirConfig:
 
 @dataclass
 class TaskConfig:
-    """One kind of training example built from a dump dir's per-utterance files (see blspkd/train/dataset.py).
+    """One kind of training example built from a dump dir's per-utterance files.
 
-    kind:
-      plain          speech only, no instruction, no response (input-KD pretraining)
-      transcription  ``instruction`` + speech, response = the transcript (``text``)
-      continuation   ``instruction`` + speech, response = the teacher continuation (``continuation`` file, stage 3)
-      spoken_instruction  speech (the instruction itself), optional text ``instruction`` file, response = ``response``
-      translation    ``instruction`` (``{language}`` filled from ``language``) + speech, response = ``translation`` file
+    ``kind`` names a task of the registry (blspkd/tasks.py: plain, transcription, continuation, translation,
+    spoken_instruction, instruction, ...), which says where its instruction and response come from; ``instruction``
+    replaces the task's default text, whose ``{language}`` field is filled from ``language``.
     """
 
-    kind: Literal["plain", "transcription", "continuation", "spoken_instruction", "translation"] = "plain"
+    kind: str = "plain"
     weight: float = 1.0
     instruction: str | None = None
     language: str | None = None

@@ -1,8 +1,9 @@
 """Training examples from stage-2 dump dirs (features) and stage-3 files (token counts, teacher continuations).
 
 A dump dir is a Kaldi data dir plus ``feats.scp``/``utt2num_frames``; the optional per-utterance files ``instruction``,
-``response``, ``continuation``, ``translation`` and ``utt2num_tokens`` add what the tasks need. Each example is one
-(utterance, task) pair; the task decides the instruction and the response (``TaskConfig`` in blspkd/train/config.py).
+``utt2num_tokens`` and the tasks' response files (``continuation``, ``translation``, ``response``, ...) add what the
+tasks need. Each example is one (utterance, task) pair; the task registry (blspkd/tasks.py) decides the instruction and
+the response.
 An utterance that lacks what every task needs (e.g. no continuation because stage 3 filtered a refusal) is skipped and
 counted in the log, never silently.
 """
@@ -17,37 +18,24 @@ import numpy as np
 
 from blspkd.data.feats_io import load_scp
 from blspkd.data.kaldi_dir import read_kv
+from blspkd.tasks import TASKS, Task, fixed_instruction, get_task, truncated_file
 from blspkd.train.config import TaskConfig
 from blspkd.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-OPTIONAL_FILES = ("instruction", "response", "continuation", "translation", "utt2num_tokens")
-# Per task kind: the per-utterance file holding its response (None: no response).
-RESPONSE_FILE = {
-    "plain": None,
-    "transcription": "text",
-    "continuation": "continuation",
-    "spoken_instruction": "response",
-    "translation": "translation",
-}
-DEFAULT_INSTRUCTION = {
-    "transcription": "Repeat the following sentence exactly.",
-    "continuation": "Continue the following text in a coherent style: ",
-    "translation": "Translate the following speech into {language}.",
-}
+def optional_files() -> list[str]:
+    """Per-utterance files the registered tasks may read, and the teacher's truncation flags of their responses."""
+    names = ["instruction", "utt2num_tokens"]
+    for t in TASKS.values():
+        names += [n for n in (t.response, t.reference) if n not in (None, "text")]
+        names += [truncated_file(t.response)] if t.teacher else []
+    return list(dict.fromkeys(names))
 
 
 def task_instruction(task: TaskConfig) -> str | None:
-    """The text instruction of a task (None for plain input-KD and for spoken instructions)."""
-    if task.kind in ("plain", "spoken_instruction"):
-        return task.instruction
-    text = task.instruction or DEFAULT_INSTRUCTION[task.kind]
-    if "{language}" in text:
-        if not task.language:
-            raise ConfigError(f"task '{task.kind}': its instruction names {{language}}; set the task's 'language' key")
-        text = text.format(language=task.language)
-    return text
+    """The text instruction every example of ``task`` gets (None: per utterance, or the model's default)."""
+    return fixed_instruction(task.kind, task.instruction, language=task.language)
 
 
 @dataclass
@@ -76,7 +64,7 @@ class DumpDir:
                 " "
                 "re-run stage 2 on this dir"
             )
-        extra = {name: read_kv(path / name) for name in OPTIONAL_FILES if (path / name).is_file()}
+        extra = {name: read_kv(path / name) for name in optional_files() if (path / name).is_file()}
         return cls(path, feats, text, num_frames, extra)
 
     def num_tokens(self) -> dict[str, int]:
@@ -96,6 +84,7 @@ class TrainingData:
         if not tasks:
             raise ConfigError("data.tasks is empty: give at least one task (kind: plain for input-KD pretraining)")
         self.tasks = tasks
+        self.registry = [get_task(t.kind) for t in tasks]
         self.instructions = [task_instruction(t) for t in tasks]
         self.dirs = [DumpDir.load(d) for d in dirs]
         self.lengths: list[dict[str, int]] = []
@@ -111,7 +100,7 @@ class TrainingData:
                 if not text.strip():
                     skipped["empty transcript"] += 1
                     continue
-                ok = [i for i, t in enumerate(tasks) if self._has_inputs(d, key, t)]
+                ok = [i for i, t in enumerate(self.registry) if self._has_inputs(d, key, t, self.instructions[i])]
                 if not ok:
                     skipped["no file for any task (" + ", ".join(sorted({t.kind for t in tasks})) + ")"] += 1
                     continue
@@ -127,18 +116,17 @@ class TrainingData:
                     [t.kind for t in tasks])
 
     @staticmethod
-    def _has_inputs(d: DumpDir, key: str, task: TaskConfig) -> bool:
-        name = RESPONSE_FILE[task.kind]
-        if name is not None and name != "text":
-            value = d.extra.get(name, {}).get(key)
-            if value is None or not value.strip():
-                return False
+    def _has_inputs(d: DumpDir, key: str, task: Task, instruction: str | None) -> bool:
+        if task.response not in (None, "text") and not d.extra.get(task.response, {}).get(key, "").strip():
+            return False
+        if task.utterance_instruction == "required" and instruction is None:
+            return bool(d.extra.get("instruction", {}).get(key, "").strip())
         return True
 
     def __getitem__(self, example: tuple[int, str, int]) -> dict:
         di, key, ti = example
         d = self.dirs[di]
-        task = self.tasks[ti]
+        task = self.registry[ti]
         feats = np.array(d.feats[key], dtype=np.float32)  # a writable copy (kaldiio may hand out read-only views)
         if not np.isfinite(feats).all():
             raise ValueError(
@@ -147,15 +135,17 @@ class TrainingData:
             )
         item = {"key": key, "feats": feats, "text": d.text[key]}
         instruction = self.instructions[ti]
-        if task.kind == "spoken_instruction" and instruction is None:
+        if instruction is None and task.utterance_instruction != "none":
             instruction = d.extra.get("instruction", {}).get(key)
         if instruction:
             item["instruction"] = instruction
-        name = RESPONSE_FILE[task.kind]
-        if name == "text":
+        if task.response == "text":
             item["response"] = d.text[key]
-        elif name is not None:
-            item["response"] = d.extra[name][key]
+        elif task.response is not None:
+            item["response"] = d.extra[task.response][key]
+            # A teacher answer cut at max_new_tokens is no finished turn: the collator leaves its end of turn off.
+            if d.extra.get(truncated_file(task.response), {}).get(key) == "true":
+                item["response_truncated"] = True
         return item
 
     def all_examples(self, task_index: int = 0) -> list[tuple[int, str, int]]:

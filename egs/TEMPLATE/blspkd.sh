@@ -19,7 +19,9 @@
 #   8  export of a self-contained inference directory                                    -> ${expdir}/<tag>/export/
 #
 # Finished work is remembered by marker files and skipped (with a log line) unless the options that produced it changed;
-# --force true redoes it. Each stage writes an executable run_stage<N>.sh next to its output (stage 0: in ${expdir})
+# --force true redoes it. One convention (blspkd/utils/shards.py): a marker named .completed[.<part>] is written last
+# and holds the signature of what produced the output: <dir>/.completed.stage<N> for stage N here, <dir>/.completed and
+# <dir>/shards/.completed.J for the Python tools' merged output and shard J, <exp>/.completed for a finished training. Each stage writes an executable run_stage<N>.sh next to its output (stage 0: in ${expdir})
 # that re-runs exactly that stage with the same options (extra options given to it are appended, e.g.
 # `data/run_stage1.sh --force true`), and every invocation is appended to ${expdir}/cmd.log.
 set -euo pipefail
@@ -76,11 +78,10 @@ feats_args=""           # extra options for python -m blspkd.bin.extract_feats
 teacher_args=""         # extra options for the teacher data generation
 continuation_sets=""    # sets that get LLM continuations in stage 3 (empty: every set); all get token counts
 # Training (stages 4-5)
-train_config=""         # YAML shared by both training stages (optional)
 warmstart_config=""     # YAML of an optional first phase of stage 4 (cif_ce warm start); KD starts from its model
 pretrain_config=""      # YAML of KD pretraining (stage 4)
 finetune_config=""      # YAML of instruction tuning (stage 5)
-pretrain_args=""        # overrides of pretrain_config keys, e.g. "--lr 2e-4 --max_steps 100"
+pretrain_args=""        # overrides of pretrain_config keys, e.g. "--optim.lr 2e-4 --max_steps 100"
 finetune_args=""        # overrides of finetune_config keys
 dry_run=false           # stages 4-5: print the training jobs (sbatch/srun lines, each node's torchrun) without running
 pretrain_tag=""         # experiment name of stage 4 (empty: derived from the config file name)
@@ -96,7 +97,8 @@ export_args=""          # extra options for export
 
 # Prints the option block above with the values in effect (the script's defaults, or what run.sh passed before --help).
 print_help() {
-    echo "Usage: $0 [options]   (run from a recipe directory; see the header of ${script_path##*/})"
+    # The command the user typed: a recipe's run.sh names itself in BLSPKD_PROG.
+    echo "Usage: ${BLSPKD_PROG:-$0} [options]   (run from a recipe directory; see the header of ${script_path##*/})"
     sed -n '/^# >>> options$/,/^# <<< options$/p' "${script_path}" | sed '1d;$d' | while IFS= read -r line; do
         if [[ ${line} =~ ^#\ (.*)$ ]]; then
             printf '\n%s:\n' "${BASH_REMATCH[1]}"
@@ -197,9 +199,18 @@ write_stage_script() {
     mv "${file}.tmp" "${file}"
 }
 
-# A marker holds the settings that produced the output: the output is reused only if they are unchanged.
-marker_matches() {  # marker_matches <marker file> <signature>
-    [ -f "$1" ] && [ "$(cat "$1")" = "$2" ] && ! ${force}
+# stage_done <dir> <stage> <signature>: <dir> holds the stage's finished output, made with these options (no --force).
+stage_done() {
+    [ -f "$1/.completed.stage$2" ] && [ "$(cat "$1/.completed.stage$2")" = "$3" ] && ! ${force}
+}
+# stage_stale <dir> <stage>: after stage_done failed, <dir> holds output of other options (or --force): start afresh.
+# Without a marker the stage was interrupted; its tools resume what they finished (their own markers check that).
+stage_stale() {
+    ${force} || [ -f "$1/.completed.stage$2" ]
+}
+mark_stage_done() {  # mark_stage_done <dir> <stage> <signature>
+    echo "$3" > "$1/.completed.stage$2.tmp"
+    mv "$1/.completed.stage$2.tmp" "$1/.completed.stage$2"
 }
 
 # The sets named on the command line, in order, without duplicates.
@@ -210,10 +221,6 @@ all_sets() {
     done
 }
 sets=$(all_sets)
-
-not_implemented() {  # not_implemented <stage> <what>
-    die "stage $1 ($2) is not implemented yet; stop before it with --stop_stage $(($1 - 1)) or skip it with --skip_stages $1"
-}
 
 mkdir -p "${expdir}"
 {
@@ -249,11 +256,11 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ] && stage_requested 1; then
     # Any change to the recipe's local/ scripts (data.sh and the programs it calls) invalidates the prepared data.
     local_md5=$(find local -type f -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs cat | md5sum | cut -d' ' -f1)
     signature="local/data.sh ${local_data_opts} | sets: $(echo ${sets}) | local/: ${local_md5}"
-    if marker_matches data/.stage1.complete "${signature}"; then
-        log "stage 1: data already prepared with the same options (data/.stage1.complete); skipping (--force true redoes it)"
+    if stage_done data 1 "${signature}"; then
+        log "stage 1: data already prepared with the same options (data/.completed.stage1); skipping (--force true redoes it)"
     else
         log "stage 1: data preparation: local/data.sh ${local_data_opts}"
-        rm -f data/.stage1.complete
+        rm -f data/.completed.stage1
         write_stage_script data/run_stage1.sh 1
         # shellcheck disable=SC2086
         bash local/data.sh ${local_data_opts}
@@ -262,7 +269,7 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ] && stage_requested 1; then
             utils/validate_data_dir.sh --no-feats "data/${dset}"
             log "stage 1: data/${dset}: $(wc -l < "data/${dset}/utt2spk") utterances, valid"
         done
-        echo "${signature}" > data/.stage1.complete
+        mark_stage_done data 1 "${signature}"
     fi
     log "stage 1 done (${SECONDS} s elapsed)"
 fi
@@ -288,18 +295,15 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
         fi
         signature="extractor=$(cd "${speech_encoder}" && pwd) nj=${_nj} ${filter_opts} ${feats_args}"
         signature+=" | $(cat "${src}/wav.scp" "${src}/text" | md5sum | cut -d' ' -f1)"
-        if [ -f "${out}/.complete" ] && marker_matches "${out}/.stage2.args" "${signature}"; then
+        if stage_done "${out}" 2 "${signature}"; then
             log "stage 2: ${out} already complete with the same options; skipping (--force true redoes it)"
             continue
         fi
-        if [ -d "${out}" ] && { ${force} || ! [ -f "${out}/.stage2.args" ] \
-                || [ "$(cat "${out}/.stage2.args")" != "${signature}" ]; }; then
-            # Shards written with other settings must not be merged with new ones.
+        if [ -d "${out}" ] && stage_stale "${out}" 2; then
             log "stage 2: removing ${out} (written with other options, or --force)"
             rm -rf "${out}"
         fi
         mkdir -p "${out}/log"
-        echo "${signature}" > "${out}/.stage2.args"
         log "stage 2: extracting features of ${src} (${num_utts} utterances) in ${_nj} jobs -> ${out}" \
             "(logs: ${out}/log/extract.*.log)"
         start=${SECONDS}
@@ -307,10 +311,11 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
         ${train_cmd} JOB=1:"${_nj}" "${out}/log/extract.JOB.log" \
             python -m blspkd.bin.extract_feats --data_dir "${src}" --out_dir "${out}" \
                 --feature_extractor "${speech_encoder}" --num_shards "${_nj}" --shard JOB ${filter_opts} ${feats_args}
-        python -m blspkd.bin.extract_feats --data_dir "${src}" --out_dir "${out}" --num_shards "${_nj}" --merge \
+        python -m blspkd.bin.extract_feats --data_dir "${src}" --out_dir "${out}" --num_shards "${_nj}" --merge true \
             2>&1 | tee "${out}/log/merge.log"
         utils/validate_data_dir.sh "${out}"
-        [ -f "${out}/.complete" ] || die "stage 2: extract_feats --merge did not write ${out}/.complete; see ${out}/log/merge.log"
+        [ -f "${out}/.completed" ] || die "stage 2: extract_feats --merge did not write ${out}/.completed; see ${out}/log/merge.log"
+        mark_stage_done "${out}" 2 "${signature}"
         log "stage 2: ${out}: $(wc -l < "${out}/feats.scp") of ${num_utts} utterances kept, $((SECONDS - start)) s"
     done
     log "stage 2 done (${SECONDS} s elapsed)"
@@ -321,21 +326,31 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
     [ -n "${sets}" ] || die "stage 3 needs the data sets: give --train_set/--valid_set/--test_sets"
     [ -n "${llm}" ] || die "stage 3 needs --llm (a chat causal-LM directory: the teacher)"
     write_stage_script "${dumpdir}/run_stage3.sh" 3
+    # The teacher frames its prompts as the trained model is decoded: the system prompt and instruction separator of
+    # the training configs, in the order stages 4-5 chain them through init_from.
+    model_configs=()
+    for f in ${warmstart_config} ${pretrain_config} ${finetune_config}; do
+        [ -f "${f}" ] || die "stage 3: training config ${f} not found (it frames the teacher's prompts)"
+        model_configs+=("${f}")
+    done
+    model_configs_opt=(--model_configs "[$(IFS=,; echo "${model_configs[*]-}")]")
+    configs_md5=$(cat "${model_configs[@]+"${model_configs[@]}"}" /dev/null | md5sum | cut -d' ' -f1)
     for dset in ${sets}; do
         out=${dumpdir}/${dset}
-        [ -f "${out}/.complete" ] || die "stage 3: ${out} is not a complete dump dir: run stage 2 first"
+        [ -f "${out}/.completed" ] || die "stage 3: ${out} is not a complete dump dir: run stage 2 first"
         mkdir -p "${out}/log"
         num_utts=$(wc -l < "${out}/text")
         _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
-        # Shards are keyed by (shard, nj): a changed nj, LLM, option or text starts the continuations afresh.
-        signature="llm=$(cd "${llm}" && pwd) nj=${_nj} ${teacher_args} | $(md5sum < "${out}/text" | cut -d' ' -f1)"
+        # The teacher's shards carry their own settings (blspkd/teacher.py): what changed is regenerated, the rest kept.
+        signature="llm=$(cd "${llm}" && pwd) nj=${_nj} ${teacher_args} | configs: ${configs_md5}"
+        signature+=" | $(md5sum < "${out}/text" | cut -d' ' -f1)"
         continuations=true
         if [ -n "${continuation_sets}" ] && [[ " ${continuation_sets} " != *" ${dset} "* ]]; then
             continuations=false
             signature="token counts only | ${signature}"
         fi
         if [ -f "${out}/utt2num_tokens" ] && { ! ${continuations} || [ -f "${out}/continuation" ]; } \
-                && marker_matches "${out}/.stage3.complete" "${signature}"; then
+                && stage_done "${out}" 3 "${signature}"; then
             log "stage 3: ${out} already has its teacher data with the same options; skipping (--force true redoes it)"
             continue
         fi
@@ -344,15 +359,14 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
             2>&1 | tee "${out}/log/utt2num_tokens.log"
         if ! ${continuations}; then
             log "stage 3: ${out}: token counts only (not in --continuation_sets '${continuation_sets}')"
-            echo "${signature}" > "${out}/.stage3.complete"
+            mark_stage_done "${out}" 3 "${signature}"
             continue
         fi
-        if [ -d "${out}/teacher" ] && { ${force} || [ "$(cat "${out}/.stage3.args" 2>/dev/null)" != "${signature}" ]; }; then
-            log "stage 3: removing ${out}/teacher (written with other options, or --force)"
+        if [ -d "${out}/teacher" ] && ${force}; then
+            log "stage 3: removing ${out}/teacher (--force)"
             rm -rf "${out}/teacher"
         fi
-        rm -f "${out}/.stage3.complete"
-        echo "${signature}" > "${out}/.stage3.args"
+        rm -f "${out}/.completed.stage3"
         _cmd=${decode_cmd}
         _opts=""
         if ${gpu_inference}; then _cmd=${cuda_cmd}; _opts="--gpu 1"; fi
@@ -360,12 +374,14 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
             "(logs: ${out}/log/teacher.*.log; resumable: re-running redoes only what is missing)"
         # shellcheck disable=SC2086
         ${_cmd} ${_opts} JOB=1:"${_nj}" "${out}/log/teacher.JOB.log" \
-            python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" \
+            python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" "${model_configs_opt[@]}" \
                 --num_shards "${_nj}" --shard JOB ${teacher_args}
         # shellcheck disable=SC2086
-        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" --num_shards "${_nj}" --merge true \
-            ${teacher_args} 2>&1 | tee "${out}/log/teacher_merge.log"
-        echo "${signature}" > "${out}/.stage3.complete"
+        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" "${model_configs_opt[@]}" \
+            --num_shards "${_nj}" --merge true ${teacher_args} 2>&1 | tee "${out}/log/teacher_merge.log"
+        [ -f "${out}/teacher/continuation/.completed" ] || die "stage 3: merging the teacher shards of ${out} failed;" \
+            "see ${out}/log/teacher_merge.log"
+        mark_stage_done "${out}" 3 "${signature}"
     done
     log "stage 3 done (${SECONDS} s elapsed)"
 fi
@@ -394,7 +410,7 @@ run_training() {  # run_training <stage> <config> <exp dir> <extra args...>
         fi
         return 0
     fi
-    [ -f "${dumpdir}/${train_set}/.complete" ] || die "stage ${n}: ${dumpdir}/${train_set} is incomplete: run stage 2"
+    [ -f "${dumpdir}/${train_set}/.completed" ] || die "stage ${n}: ${dumpdir}/${train_set} is incomplete: run stage 2"
     if [ -f "${exp}/.completed" ] && ! ${force}; then
         log "stage ${n}: ${exp} already trained ($(head -n 1 "${exp}/.completed")); skipping (--force true retrains)"
         return 0
@@ -490,7 +506,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
     log "stage 6: decoding ${test_sets} with ${model} (${decode_config:-default settings} ${decode_args})"
     for dset in ${test_sets}; do
         src=${dumpdir}/${dset}
-        [ -f "${src}/.complete" ] || die "stage 6: ${src} is not a complete dump dir: run stage 2 (and 3) first"
+        [ -f "${src}/.completed" ] || die "stage 6: ${src} is not a complete dump dir: run stage 2 (and 3) first"
         num_utts=$(wc -l < "${src}/text")
         _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
         [ "${_nj}" -ge 1 ] || _nj=1
@@ -518,7 +534,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
             python -m blspkd.bin.decode "${decode_opts[@]}" --model_dir "${model}" --dump_dir "${src}" \
                 --out_dir "${ddir}" --num_shards "${_nj}" --merge true "${task_opts[@]+"${task_opts[@]}"}" ${decode_args} \
                 2>&1 | tee "${ddir}/log/merge.log"
-            [ -f "${ddir}/.complete" ] || die "stage 6: merging the shards of ${ddir} failed; see ${ddir}/log/merge.log"
+            [ -f "${ddir}/.completed" ] || die "stage 6: merging the shards of ${ddir} failed; see ${ddir}/log/merge.log"
             log "stage 6: ${ddir}: ${num_utts} utterances in ${_nj} jobs, $((SECONDS - start)) s;" \
                 "$(grep -o 'real-time factor [0-9.]*, [0-9.]* generated tokens/s' "${ddir}/log/merge.log" | tail -n 1)"
         done
@@ -534,22 +550,19 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
     n_scored=0
     for dset in ${test_sets}; do
         for ddir in "${exp}/decode_${dset}${suffix}" "${exp}/decode_${dset}${suffix}_continuation"; do
-            [ -f "${ddir}/.complete" ] || continue
+            [ -f "${ddir}/.completed" ] || continue
             # Stage 6 wrote the task's references next to the hypotheses (text, continuation, translation, response).
             task=$(sed -n 's/^task: *//p' "${ddir}/decode_config.yaml")
-            case ${task} in
-                transcription|plain) metric=all;       missing_opt="" ;;
-                translation)         metric=bleu,chrf; missing_opt="--allow_missing" ;;
-                *)                   metric=align;     missing_opt="--allow_missing" ;;
-            esac
+            # The task registry (blspkd/tasks.py) says how the task is scored.
+            score_opts=$(python -m blspkd.bin.tasks score_options "${task}") || die "stage 7: ${ddir}: task '${task}'"
             if [ ! -f "${ddir}/ref.txt" ]; then
                 log "stage 7: ${ddir}: no references for task ${task} in ${dumpdir}/${dset}; not scored"
                 continue
             fi
-            log "stage 7: scoring ${ddir} (task ${task}, ${metric})"
+            log "stage 7: scoring ${ddir} (task ${task}: ${score_opts})"
             # shellcheck disable=SC2086
-            python -m blspkd.bin.score --ref "${ddir}/ref.txt" --hyp "${ddir}/hyp.txt" --metric "${metric}" --lang en \
-                --out_dir "${ddir}" ${missing_opt} ${score_args} 2>&1 | tee "${ddir}/score.log"
+            python -m blspkd.bin.score --ref "${ddir}/ref.txt" --hyp "${ddir}/hyp.txt" ${score_opts} --lang en \
+                --out_dir "${ddir}" ${score_args} 2>&1 | tee "${ddir}/score.log"
             n_scored=$((n_scored + 1))
         done
     done
@@ -569,16 +582,16 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && stage_requested 8; then
     # The model, the options and the results (RESULTS.md without its generation-time comment) decide the export.
     signature="${export_args} | $(cat "${model}/config.json" "${model}/model.safetensors" | md5sum | cut -d' ' -f1)"
     [ ! -f RESULTS.md ] || signature+=" | $(grep -v '^<!-- Generated' RESULTS.md | md5sum | cut -d' ' -f1)"
-    if [ -f "${out}/export_info.json" ] && marker_matches "${exp}/.stage8.args" "${signature}"; then
+    if [ -f "${out}/export_info.json" ] && stage_done "${exp}" 8 "${signature}"; then
         log "stage 8: ${out} already exported from the same model; skipping (--force true redoes it)"
     else
         write_stage_script "${exp}/run_stage8.sh" 8
-        rm -f "${exp}/.stage8.args"
+        rm -f "${exp}/.completed.stage8"
         log "stage 8: exporting ${model} to ${out} ${export_args}"
         # shellcheck disable=SC2086
         python -m blspkd.bin.export --model_dir "${model}" --out_dir "${out}" "${results_opt[@]+"${results_opt[@]}"}" \
             ${export_args}
-        echo "${signature}" > "${exp}/.stage8.args"
+        mark_stage_done "${exp}" 8 "${signature}"
         log "stage 8: try it: python -m blspkd.bin.infer --model ${out} --audio <file.wav>"
         log "stage 8: or talk to it in a browser: python -m blspkd.bin.serve --model ${out}"
     fi
