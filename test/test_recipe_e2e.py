@@ -118,7 +118,16 @@ def test_decoding_scoring_results(e2e):
             assert [h["key"] for h in hyps] == keys
             assert yaml.safe_load((ddir / "decode_config.yaml").read_text())["task"] == task
             assert (ddir / "result.json").is_file() and (ddir / "result.txt").is_file()
+    # Stage 3 framed the teacher's continuations exactly as stage 6 decodes the final model (its system prompt and
+    # instruction separator), so the behaviour-alignment score compares like with like.
+    model_config = json.loads((exp / "model" / "config.json").read_text())
+    assert model_config["system_prompt"] == "You repeat the user's text exactly, word for word."
+    for dset in CONTINUATION_SETS:
+        teacher = json.loads((recipe / "dump" / dset / "teacher" / "continuation" / ".completed").read_text())
+        assert teacher["signature"]["system_prompt"] == model_config["system_prompt"], dset
+        assert teacher["signature"]["separator"] == model_config["instruction_separator"], dset
     results = (recipe / "RESULTS.md").read_text()
+    assert str(recipe) not in results  # paths relative to the recipe
     for dset in TEST_SETS:
         assert f"| exp/finetune | {dset} | WER (%) |" in results
         assert (f"| exp/finetune | {dset}_continuation | align BLEU |" in results) == (dset in CONTINUATION_SETS)

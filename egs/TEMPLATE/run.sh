@@ -15,7 +15,8 @@ test_sets="test"
 speech_encoder=downloads/whisper-tiny.en   # a local Whisper model directory (see local/setup.sh)
 llm=downloads/SmolLM2-135M-Instruct        # a local causal LM directory
 
-./blspkd.sh \
+# BLSPKD_PROG: --help names this script, the command the user typed.
+BLSPKD_PROG=$0 ./blspkd.sh \
     --train_set "${train_set}" \
     --valid_set "${valid_set}" \
     --test_sets "${test_sets}" \

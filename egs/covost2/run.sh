@@ -34,7 +34,8 @@ for c in pretrain finetune decode; do
 done
 export COVOST_TGT_LANG=${tgt_lang}   # local/data.sh's default --tgt_lang, so --local_data_opts need not repeat it
 
-./blspkd.sh \
+# BLSPKD_PROG: --help names this script, the command the user typed.
+BLSPKD_PROG=$0 ./blspkd.sh \
     --train_set "${train_set}" \
     --valid_set "${valid_set}" \
     --test_sets "${test_sets}" \

@@ -21,7 +21,8 @@ test_sets="dev_clean dev_other test_clean test_other"
 speech_encoder=downloads/whisper-large-v2                  # openai/whisper-large-v2 (the paper's); v3: whisper-large-v3
 llm=downloads/Qwen2.5-7B-Instruct                          # Qwen/Qwen2.5-7B-Instruct
 
-./blspkd.sh \
+# BLSPKD_PROG: --help names this script, the command the user typed.
+BLSPKD_PROG=$0 ./blspkd.sh \
     --train_set "${train_set}" \
     --valid_set "${valid_set}" \
     --test_sets "${test_sets}" \

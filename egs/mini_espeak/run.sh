@@ -20,7 +20,8 @@ llm=downloads/SmolLM2-135M-Instruct        # written by local/setup.sh (stage 0)
 # alignment score (stage 7). The training configs here do not use continuations (conf/finetune.yaml says how to add
 # them; then add the train set here too: about 2 h of generation for 2000 utterances on 2 cores).
 ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
-./blspkd.sh \
+# BLSPKD_PROG: --help names this script, the command the user typed.
+BLSPKD_PROG=$0 ./blspkd.sh \
     --nj "${ncores}" \
     --inference_nj "${ncores}" \
     --train_set "${train_set}" \
