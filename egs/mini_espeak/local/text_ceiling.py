@@ -75,8 +75,8 @@ def main(argv: list[str]) -> None:
         hyps: dict[str, str] = {}
         for i in range(0, len(keys), args.batch_size):
             chunk = keys[i:i + args.batch_size]
-            answers, _ = generate_greedy(model, tokenizer, [prompt_ids(framing, instruction, texts[k]) for k in chunk],
-                                         args.max_new_tokens)
+            prompts = [prompt_ids(framing, instruction, texts[k]) for k in chunk]
+            answers, _, _ = generate_greedy(model, tokenizer, prompts, args.max_new_tokens)
             hyps.update(zip(chunk, answers))
         cdir = out / str(n)
         cdir.mkdir(parents=True, exist_ok=True)
