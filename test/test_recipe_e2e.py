@@ -48,7 +48,9 @@ def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
             "--warmstart_config", "conf/tiny/warmstart.yaml", "--pretrain_config", "conf/tiny/pretrain.yaml",
             "--finetune_config", "conf/tiny/finetune.yaml",
             "--continuation_sets", " ".join(CONTINUATION_SETS),
-            "--teacher_args", "--max_new_tokens 8", "--decode_args", "--max_new_tokens 8"]
+            "--teacher_args", "--max_new_tokens 8", "--decode_args", "--max_new_tokens 8",
+            # both caches as in the mini recipe's own configs (run.sh passes --encoder_cache true to stage 2)
+            "--pretrain_args", "--data.encoder_cache true", "--finetune_args", "--data.encoder_cache true"]
     start = time.time()
     first = run_script(recipe, *args)
     first_s = time.time() - start

@@ -156,8 +156,8 @@ class TrainingData:
         if not np.isfinite(feats).all():
             raise ValueError(
                 f"{d.path / ('feats.scp' if name == 'feats' else 'encoder_out.scp')}: utterance {key} has non-finite "
-                "values (NaN/inf); re-run stage 2 for this dir or remove the utterance (utils/subset_data_dir.sh / "
-                "fix_data_dir.sh)"
+                "feature values (NaN/inf); re-run stage 2 for this dir or remove the utterance "
+                "(utils/subset_data_dir.sh / fix_data_dir.sh)"
             )
         item = {"key": key, name: feats, "text": d.text[key]}
         instruction = self.instructions[ti]

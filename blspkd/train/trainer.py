@@ -409,8 +409,9 @@ class Trainer:
         utt_s = agg["utts"] / max(elapsed, 1e-9)
         tok_s = agg.get("stat/num_tokens", 0.0) / max(elapsed, 1e-9)
         remaining = (self.total_steps - self.step) * since_start / max(steps_done, 1)
+        s_update = elapsed / max(agg["updates"] + agg["skipped"], 1.0)
         parts += [f"lr {lr:.3e}", f"grad_norm {agg['grad_norm'] / max(agg['updates'], 1):.3f}",
-                  f"{utt_s:.1f} utt/s", f"{tok_s:.1f} tokens/s", f"ETA {_hms(remaining)}"]
+                  f"{s_update:.3f} s/update", f"{utt_s:.1f} utt/s", f"{tok_s:.1f} tokens/s", f"ETA {_hms(remaining)}"]
         if agg["skipped"]:
             parts.append(f"skipped {int(agg['skipped'])}")
         scalars.update({"train/utt_per_s": utt_s, "train/tokens_per_s": tok_s})

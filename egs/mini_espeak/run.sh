@@ -29,6 +29,7 @@ ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     --speech_encoder "${speech_encoder}" \
     --llm "${llm}" \
     --continuation_sets "${test_sets}" \
+    --encoder_cache true \
     --warmstart_config conf/warmstart.yaml \
     --pretrain_config conf/pretrain.yaml \
     --finetune_config conf/finetune.yaml \
