@@ -88,7 +88,7 @@ def dump_encoder_outputs(dump_dir: str | Path, speech_encoder: str, pad_to_30s: 
 
     def outputs() -> Iterator[tuple[str, np.ndarray]]:
         for keys in _batches(lengths, batch_frames):
-            mats = [np.asarray(feats[k], dtype=np.float32) for k in keys]
+            mats = [np.array(feats[k], dtype=np.float32) for k in keys]  # writable copies for torch
             n = torch.tensor([m.shape[0] for m in mats])
             x = torch.zeros(len(mats), int(n.max()), mats[0].shape[1])
             for i, m in enumerate(mats):

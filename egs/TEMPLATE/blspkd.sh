@@ -321,7 +321,8 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
         for dset in ${train_set} ${valid_set}; do
             log "stage 2: encoder outputs of ${dumpdir}/${dset} (log: ${dumpdir}/${dset}/log/encoder_out.log)"
             # shellcheck disable=SC2086
-            ${train_cmd} "${dumpdir}/${dset}/log/encoder_out.log" python -m blspkd.bin.dump_encoder_outputs \
+            ${train_cmd} --num_threads "${ncores}" "${dumpdir}/${dset}/log/encoder_out.log" \
+                python -m blspkd.bin.dump_encoder_outputs \
                 --dump_dir "${dumpdir}/${dset}" --speech_encoder "${speech_encoder}" ${encoder_cache_args}
         done
     fi

@@ -59,21 +59,22 @@ def build_random_model(config_dir: Path, out: Path, kind: str) -> Path:
     return out
 
 
-def _absolute(location: str) -> str:
+def _absolute(location: str, base: Path) -> str:
     path, sep, offset = location.rpartition(":")
-    return f"{Path(path).resolve()}:{offset}" if sep else str(Path(location).resolve())
+    return f"{(base / path).resolve()}:{offset}" if sep else str((base / location).resolve())
 
 
 def bench_dump(src: Path, out: Path, whisper: Path) -> Path:
-    """The dump dir's index files with absolute ark paths, plus the random encoder's outputs (encoder cache)."""
+    """The dump dir's index files with absolute ark paths (a recipe's scp names them relative to the recipe dir, two
+    levels above ``dump/<set>``), plus the random encoder's outputs (encoder cache)."""
     from blspkd.data.encoder_cache import dump_encoder_outputs
 
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file() and not f.name.startswith("encoder_out"):
             text = f.read_text()
-            if f.name == "feats.scp":  # arks are named relative to the directory the bench runs from
-                text = "".join(f"{key} {_absolute(location)}\n"
+            if f.name == "feats.scp":
+                text = "".join(f"{key} {_absolute(location, src.resolve().parents[1])}\n"
                                for key, location in (line.split(maxsplit=1) for line in text.splitlines() if line))
             (out / f.name).write_text(text)
     dump_encoder_outputs(out, str(whisper))
@@ -108,7 +109,7 @@ def run_variant(name: str, config: str, args, whisper: Path, llm: Path, dump: Pa
     points = []
     for line in log.read_text().splitlines():
         if FIELDS["step"].match(line) and FIELDS["s_update"].search(line):
-            points.append({k: float(m[1]) if (m := r.search(line)) else 0.0 for k, r in FIELDS.items()})
+            points.append({k: float(m[1]) if (m := r.search(line)) else float("nan") for k, r in FIELDS.items()})
     return points
 
 
@@ -142,7 +143,7 @@ def main() -> None:
             m = {k: sum(pt[k] for pt in kept) / len(kept) for k in FIELDS}
             baseline = baseline or m["s_update"]
             print(f"  {name:>14}: {m['s_update']:6.3f} s/update {m['utt_s']:7.1f} utt/s {m['tok_s']:8.1f} tokens/s"
-                  f"   padding: frames {m['pad_frames']:4.1f}%, LLM tokens {m['pad_tokens']:4.1f}%"
+                  f"   padding: frames {m['pad_frames']:4.1f}%, LLM tokens {m['pad_tokens']:4.1f}%"  # nan: no LLM pass
                   f"   x{baseline / m['s_update']:.2f} vs {args.variants[0]}")
 
 
