@@ -99,7 +99,10 @@ def test_trained_exp_dirs(e2e):
     # command).
     for tag, init in (("pretrain", "warmstart"), ("finetune", "pretrain")):
         first_line = (recipe / "exp" / tag / "log" / "train.log").read_text().split("\n", 1)[0]
-        assert first_line.endswith(f"--init_from exp/{init}/model"), first_line
+        assert first_line.endswith(f"--init_from exp/{init}/model --data.encoder_cache true"), first_line
+    # ... reading the encoder outputs that stage 2 cached for the training sets (run.sh: --encoder_cache true)
+    for dset in ("train", "dev"):
+        assert json.loads((recipe / "dump" / dset / "encoder_out.json").read_text())["num_utts"] == SIZES[dset]
 
 
 @pytest.mark.slow
