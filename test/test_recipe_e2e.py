@@ -48,7 +48,9 @@ def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
             "--warmstart_config", "conf/tiny/warmstart.yaml", "--pretrain_config", "conf/tiny/pretrain.yaml",
             "--finetune_config", "conf/tiny/finetune.yaml",
             "--continuation_sets", " ".join(CONTINUATION_SETS),
-            "--teacher_args", "--max_new_tokens 8", "--decode_args", "--max_new_tokens 8"]
+            "--teacher_args", "--max_new_tokens 8", "--decode_args", "--max_new_tokens 8",
+            # both caches as in the mini recipe's own configs (run.sh passes --encoder_cache true to stage 2)
+            "--pretrain_args", "--data.encoder_cache true", "--finetune_args", "--data.encoder_cache true"]
     start = time.time()
     first = run_script(recipe, *args)
     first_s = time.time() - start
@@ -97,7 +99,10 @@ def test_trained_exp_dirs(e2e):
     # command).
     for tag, init in (("pretrain", "warmstart"), ("finetune", "pretrain")):
         first_line = (recipe / "exp" / tag / "log" / "train.log").read_text().split("\n", 1)[0]
-        assert first_line.endswith(f"--init_from exp/{init}/model"), first_line
+        assert first_line.endswith(f"--init_from exp/{init}/model --data.encoder_cache true"), first_line
+    # ... reading the encoder outputs that stage 2 cached for the training sets (run.sh: --encoder_cache true)
+    for dset in ("train", "dev"):
+        assert json.loads((recipe / "dump" / dset / "encoder_out.json").read_text())["num_utts"] == SIZES[dset]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 re-run scripts, and stages 1-2 on a tiny corpus (stage 2 with the tiny random Whisper's feature extractor)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -271,4 +272,19 @@ def test_stage2_needs_a_feature_extractor(recipe_dir, tmp_path):
                      "--speech_encoder", str(tmp_path))
     assert res.returncode == 1
     assert f"{tmp_path}/preprocessor_config.json not found" in res.stdout
+
+
+def test_stage2_encoder_cache_for_training_sets_only(recipe_dir, tiny_corpus, tiny_whisper_dir, monkeypatch):
+    monkeypatch.chdir(recipe_dir)
+    _copy_sets(tiny_corpus, recipe_dir / "data", ["train", "test"])
+    args = ["./blspkd.sh", "--stage", "2", "--stop_stage", "2", "--train_set", "train", "--test_sets", "test",
+            "--nj", "1", "--speech_encoder", str(tiny_whisper_dir), "--encoder_cache", "true"]
+    res = run_script(recipe_dir, *args)
+    assert res.returncode == 0, res.stdout
+    info = json.loads((recipe_dir / "dump" / "train" / "encoder_out.json").read_text())
+    assert info["num_utts"] == len(read_kv(recipe_dir / "dump" / "train" / "utt2num_frames")) and info["dim"] == 32
+    assert not (recipe_dir / "dump" / "test" / "encoder_out.json").exists()  # decoding reads the log-mel
+    res = run_script(recipe_dir, *args)
+    assert res.returncode == 0 and "already complete; skipping" in (
+        recipe_dir / "dump" / "train" / "log" / "encoder_out.log").read_text()
 

@@ -22,7 +22,8 @@ class BlspKdCollator:
     An item is ``{"key", "feats" (T, n_mels) float32, "text", optional "instruction", optional "response", optional
     "response_truncated"}``; an item without an instruction gets ``config.default_instruction``. A truncated response
     (the teacher stopped at max_new_tokens) gets no end of turn: the model must not learn to stop where the teacher was
-    cut off.
+    cut off. Items holding cached encoder outputs ``"encoder_out"`` (T', d) instead of ``"feats"`` give
+    ``encoder_out``/``encoder_out_lengths`` instead of ``feats``/``feats_lengths``.
     """
 
     def __init__(self, tokenizer, config):
@@ -60,18 +61,19 @@ class BlspKdCollator:
             transcript_mask[i, t0:t1] = True
             response_mask[i, r0:r1] = True
 
-        feats = [np.asarray(item["feats"], dtype=np.float32) for item in items]
+        name = "encoder_out" if "encoder_out" in items[0] else "feats"
+        feats = [np.asarray(item[name], dtype=np.float32) for item in items]
         n_mels = {f.shape[1] if f.ndim == 2 else -1 for f in feats}
         if len(n_mels) != 1 or -1 in n_mels:
             shapes = {item["key"]: f.shape for item, f in zip(items, feats)}
-            raise ValueError(f"BlspKdCollator: features must all be (T, n_mels) with one n_mels, got {shapes}")
+            raise ValueError(f"BlspKdCollator: {name} must all be (T, dim) with one dim, got {shapes}")
         lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
         padded = torch.zeros(b, int(lengths.max()), feats[0].shape[1])
         for i, f in enumerate(feats):
             padded[i, : f.shape[0]] = torch.from_numpy(f)
         return {
-            "feats": padded,
-            "feats_lengths": lengths,
+            name: padded,
+            f"{name}_lengths": lengths,
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "transcript_mask": transcript_mask,

@@ -56,3 +56,65 @@ def write_feats(ark: str | Path, scp: str | Path, items: Iterable[tuple[str, np.
             writer(key, mat)
             rows[key] = mat.shape[0]
     return rows
+
+
+# ---- float16 matrices (cached encoder outputs, blspkd/data/encoder_cache.py) -----------------------------------------
+# Kaldi's binary format has no float16 matrix type (kaldiio would fall back to pickling), so these are raw
+# little-endian float16 rows in one data file, indexed by an scp-like file ``key path:byte_offset:rows:cols``.
+
+
+def write_fp16_matrices(data: str | Path, index: str | Path, items: Iterable[tuple[str, np.ndarray]]) -> dict[str, int]:
+    """Write (key, matrix) pairs as float16 to ``data`` and index them in ``index`` (both overwritten). Values outside
+    the float16 range are an error (they would become inf). Returns key -> number of rows."""
+    Path(data).parent.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, int] = {}
+    offset = 0
+    with open(data, "wb") as out, open(index, "w", encoding="utf-8") as idx:
+        for key, mat in items:
+            mat = np.asarray(mat)
+            if mat.ndim != 2:
+                raise ValueError(f"matrix for '{key}' must be 2-D (frames x dims), got shape {mat.shape}")
+            half = mat.astype("<f2")
+            if not np.isfinite(half).all():
+                raise ValueError(f"matrix for '{key}' has values outside the float16 range (max |x| "
+                                 f"{float(np.abs(mat).max()):.3g}) or non-finite values; it cannot be stored in fp16")
+            out.write(half.tobytes())
+            idx.write(f"{key} {data}:{offset}:{mat.shape[0]}:{mat.shape[1]}\n")
+            offset += half.nbytes
+            rows[key] = mat.shape[0]
+    return rows
+
+
+class Fp16Matrices(Mapping):
+    """Lazy mapping key -> float32 matrix over an index written by ``write_fp16_matrices`` (memory-mapped reads)."""
+
+    def __init__(self, index: str | Path):
+        self.index = Path(index)
+        self._where: dict[str, tuple[str, int, int, int]] = {}
+        for line_no, (key, value) in enumerate(read_kv(self.index).items(), start=1):
+            try:
+                path, offset, rows, cols = value.rsplit(":", 3)
+                self._where[key] = (path, int(offset), int(rows), int(cols))
+            except ValueError:
+                raise DataDirError(f"{self.index}:{line_no}: expected 'key path:offset:rows:cols', got '{value}' "
+                                   "(write it with blspkd.data.feats_io.write_fp16_matrices)") from None
+        self._maps: dict[str, np.memmap] = {}
+
+    def _map(self, path: str) -> np.memmap:
+        if path not in self._maps:
+            if not Path(path).is_file():
+                raise DataDirError(f"{self.index}: data file '{path}' not found (looked in {Path.cwd()}); relative "
+                                   "paths are relative to the recipe directory that wrote the index")
+            self._maps[path] = np.memmap(path, dtype="<f2", mode="r")
+        return self._maps[path]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        path, offset, rows, cols = self._where[key]
+        start = offset // 2
+        return np.asarray(self._map(path)[start: start + rows * cols], dtype=np.float32).reshape(rows, cols)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)

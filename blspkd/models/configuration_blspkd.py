@@ -103,6 +103,9 @@ class BlspKdConfig(PretrainedConfig):
     default_instruction: str | None = None
     instruction_separator: str = "\n"  # text between the instruction and the speech in the user turn
     llm_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # dtype the LLM weights are loaded in
+    # Compute the frozen LLM's keys/values of each chat prefix once and run the LLM only over what follows it
+    # (blspkd/models/prefix_cache.py); off by itself, with the reason logged, where the prefix is not constant.
+    cache_prefix: bool = True
 
     def __post_init__(self, **kwargs):
         where = "model config"

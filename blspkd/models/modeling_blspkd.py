@@ -12,13 +12,20 @@ Training forward (doc/method.md §4-5), with teacher and student sharing one tok
     loss        = sum_name weight_name * loss_name
 
 Full-vocabulary logits are built only for the rows a loss uses: the backbone's hidden states are gathered first, then
-the output head runs on those rows (R x V instead of B x L x V).
+the output head runs on those rows (R x V instead of B x L x V), once per row set: the student's transcript rows only
+for input_kl, its response rows once for response_kl and response_ce together.
+
+With ``config.cache_prefix`` (the default) both passes and ``generate`` run the LLM only over what follows the chat
+prefix, whose keys/values are computed once per process (blspkd/models/prefix_cache.py); ``cache_prefix: false`` is
+the plain path. ``encoder_out``/``encoder_out_lengths`` instead of ``feats``/``feats_lengths``: outputs of the frozen
+speech encoder read from a stage-2 cache (blspkd/data/encoder_cache.py), the adapter runs on them directly.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +35,14 @@ from blspkd.data.prompts import ChatFraming
 from blspkd.losses import cif_quantity_loss, embedding_ce, kd_kl
 from blspkd.models.cif import CFormer
 from blspkd.models.configuration_blspkd import BlspKdConfig
+from blspkd.models.prefix_cache import (
+    KV,
+    PrefixKVStore,
+    ReadOnlyPrefixCache,
+    batch_prefix,
+    constant_prefix_reason,
+    generation_cache,
+)
 from blspkd.models.speech_encoder import WhisperSpeechEncoder
 from blspkd.utils.config import check_fields, to_dict, update_from_dict
 
@@ -35,6 +50,22 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 LLM_LOSSES = ("input_kl", "response_kl", "response_ce")
+
+
+@dataclass
+class _LlmView:
+    """The columns one backbone forward runs over and how (B, L) masks of the collated layout map onto them."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor  # (B, past + columns)
+    position_ids: torch.Tensor
+    prefix_kv: KV | None  # None: no prefix cache, the columns are the whole sequence
+    index: torch.Tensor | None = None  # (B, columns): collated column of each view column
+    valid: torch.Tensor | None = None  # (B, columns) bool: real (not padding) view columns
+
+    def take(self, mask: torch.Tensor) -> torch.Tensor:
+        """A (B, L) bool mask of the collated layout in this view's columns (row-major order is kept)."""
+        return mask if self.index is None else mask.gather(1, self.index) & self.valid
 
 
 def _resolve(path: str, base_dir: str | None) -> str:
@@ -71,6 +102,8 @@ class BlspKdModel(nn.Module):
         self.framing = ChatFraming(self.tokenizer, config.system_prompt, config.instruction_separator)
         self.adapter = CFormer(input_dim=self.speech_encoder.output_dim, llm_dim=self._causal_lm().config.hidden_size,
                                **to_dict(config.adapter))
+        self.prefix_store = PrefixKVStore()
+        self._prefix_off_logged: str | None = None
 
     def train(self, mode: bool = True) -> BlspKdModel:
         """Training mode for what trains: the adapter, PLoRA's dropout, an unfrozen encoder. The frozen LLM stays in
@@ -185,10 +218,85 @@ class BlspKdModel(nn.Module):
                         len(missing), weights, missing[:3])
         return model
 
+    # ---- fixed-prefix KV cache (blspkd/models/prefix_cache.py) ----------------------------------------------------
+    def _prefix_cache_on(self) -> bool:
+        if not getattr(self.config, "cache_prefix", True):
+            return False
+        reason = constant_prefix_reason(self._causal_lm(), self._causal_lm().training)
+        if reason is not None and reason != self._prefix_off_logged:
+            logger.warning("cache_prefix: off (%s); every forward recomputes the prefix", reason)
+        self._prefix_off_logged = reason
+        return reason is None
+
+    def _build_prefix(self, ids: list[int]) -> KV:
+        """The base LLM alone on one prefix (no gradient, adapters off): its keys/values at every layer."""
+        device = self.llm.get_input_embeddings().weight.device
+        with self._teacher_context():
+            out = self.backbone(input_ids=torch.tensor([ids], device=device), use_cache=True,
+                                position_ids=torch.arange(len(ids), device=device).view(1, -1))
+        return [(layer.keys, layer.values) for layer in out.cache.layers]
+
+    def _prefix_kv(self, prefixes: list[tuple[int, ...]]) -> tuple[KV, torch.Tensor]:
+        device = self.llm.get_input_embeddings().weight.device
+        entries = self.prefix_store.entries(prefixes, device, self._build_prefix, self._causal_lm())
+        return batch_prefix(entries, [len(p) for p in prefixes])
+
+    def _llm_view(self, input_ids, attention_mask, transcript_mask) -> _LlmView:
+        """The whole collated sequence, or with the prefix cache the columns after each row's prefix (the prefix is
+        everything before the row's first transcript/speech position)."""
+        prefix_len = transcript_mask.int().argmax(1)
+        if not self._prefix_cache_on() or not bool((prefix_len > 0).all()):
+            return _LlmView(input_ids, attention_mask, self.position_ids(attention_mask), None)
+        lengths = attention_mask.sum(1)
+        rest = lengths - prefix_len
+        columns = torch.arange(int(rest.max()), device=input_ids.device).view(1, -1)
+        index = (prefix_len.view(-1, 1) + columns).clamp(max=input_ids.shape[1] - 1)
+        valid = columns < rest.view(-1, 1)
+        rows = input_ids.tolist()
+        kv, prefix_mask = self._prefix_kv([tuple(r[:n]) for r, n in zip(rows, prefix_len.tolist())])
+        mask = torch.cat([prefix_mask, valid], 1).to(attention_mask.dtype)
+        return _LlmView(input_ids.gather(1, index), mask, prefix_len.view(-1, 1) + columns, kv, index, valid)
+
+    @contextlib.contextmanager
+    def _checkpoint_with_read_only_cache(self):
+        """Gradient-checkpointed layers drop a cache (a writing cache would grow twice when a layer is replayed);
+        ours is read-only, so the replay reads the same prefix: keep it for these forwards."""
+        layers = list(self.backbone.layers)
+        for layer in layers:
+            layer._can_checkpoint_with_cache = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                del layer._can_checkpoint_with_cache
+
+    def _view_hidden(self, embeds, view: _LlmView, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        if view.prefix_kv is None:
+            return self._rows_hidden(embeds, view.attention_mask, rows)
+        with self._checkpoint_with_read_only_cache():
+            hidden = self.backbone(inputs_embeds=embeds, attention_mask=view.attention_mask,
+                                   position_ids=view.position_ids, cache=ReadOnlyPrefixCache(view.prefix_kv),
+                                   use_cache=False).last_hidden_state
+        return [hidden[r] for r in rows]
+
     # ---- training forward -----------------------------------------------------------------------------------------
     def encode_speech(self, feats: torch.Tensor, feats_lengths: torch.Tensor, num_tokens: torch.Tensor | None = None):
         hidden, mask = self.speech_encoder(feats, feats_lengths)
         return self.adapter(hidden, mask, num_tokens)
+
+    def adapt_encoder_outputs(self, encoder_out: torch.Tensor, lengths: torch.Tensor,
+                              num_tokens: torch.Tensor | None = None):
+        """The adapter on cached outputs of the frozen speech encoder (B, T', d) with their lengths (B,)."""
+        mask = torch.arange(encoder_out.shape[1], device=encoder_out.device).view(1, -1) < lengths.view(-1, 1)
+        dtype = next(self.adapter.parameters()).dtype
+        return self.adapter(encoder_out.to(dtype) * mask.unsqueeze(-1), mask, num_tokens)
+
+    def _speech(self, feats, feats_lengths, encoder_out, encoder_out_lengths, num_tokens=None):
+        if encoder_out is not None:
+            return self.adapt_encoder_outputs(encoder_out, encoder_out_lengths, num_tokens)
+        if feats is None:
+            raise ValueError("BlspKdModel: give feats + feats_lengths (log-mel) or encoder_out + encoder_out_lengths")
+        return self.encode_speech(feats, feats_lengths, num_tokens)
 
     @staticmethod
     def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -208,19 +316,23 @@ class BlspKdModel(nn.Module):
 
     def forward(
         self,
-        feats: torch.Tensor,
-        feats_lengths: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         transcript_mask: torch.Tensor,
         response_mask: torch.Tensor,
         num_tokens: torch.Tensor,
+        feats: torch.Tensor | None = None,
+        feats_lengths: torch.Tensor | None = None,
+        encoder_out: torch.Tensor | None = None,
+        encoder_out_lengths: torch.Tensor | None = None,
     ) -> dict:
         weights = self.config.losses.enabled()
-        speech = self.encode_speech(feats, feats_lengths, num_tokens)
+        speech = self._speech(feats, feats_lengths, encoder_out, encoder_out_lengths, num_tokens)
         out: dict = {}
+        frames, frame_lengths = (feats, feats_lengths) if encoder_out is None else (encoder_out, encoder_out_lengths)
         stats = {"num_tokens": float(num_tokens.sum()), "batch_size": float(len(num_tokens)),
-                 "cif_ratio": float((speech.alpha_sum.detach() / num_tokens).mean())}
+                 "cif_ratio": float((speech.alpha_sum.detach() / num_tokens).mean()),
+                 "pad_frames": 1.0 - float(frame_lengths.sum()) / (frames.shape[0] * frames.shape[1])}
         if "cif" in weights:
             out["cif"] = cif_quantity_loss(speech.alpha_sum, num_tokens)
         if "cif_ce" in weights:
@@ -242,58 +354,77 @@ class BlspKdModel(nn.Module):
         # row i predicts token i+1: response rows are the positions just before each response token
         response_rows = torch.zeros_like(response_mask)
         response_rows[:, :-1] = response_mask[:, 1:]
-        text_embeds = self.llm.get_input_embeddings()(input_ids)
+        labels = torch.zeros_like(input_ids)
+        labels[:, :-1] = input_ids[:, 1:]
+        view = self._llm_view(input_ids, attention_mask, transcript_mask)
+        transcript, response = view.take(transcript_mask), view.take(response_rows)
+        pad = view.attention_mask[:, view.attention_mask.shape[1] - view.input_ids.shape[1]:]
+        stats["llm_positions"] = float(pad.numel())  # query positions of each LLM pass, padding included
+        stats["pad_tokens"] = 1.0 - float(pad.sum()) / pad.numel()  # their padded fraction
+        text_embeds = self.llm.get_input_embeddings()(view.input_ids)
         student_embeds = text_embeds.clone()
-        student_embeds[transcript_mask] = speech.embeds[speech.mask].to(text_embeds.dtype)
+        student_embeds[transcript] = speech.embeds[speech.mask].to(text_embeds.dtype)
         lm_head = self.lm_head
+        use_in, use_resp = "input_kl" in weights, "response_kl" in weights or "response_ce" in weights
+        rows = [r for r, used in ((transcript, use_in), (response, use_resp)) if used]
+        with self._plora(transcript):
+            hidden = self._view_hidden(student_embeds, view, rows)
+        s_in = hidden.pop(0) if use_in else None
+        s_resp_logits = lm_head(hidden.pop(0)) if use_resp else None  # once, for response_kl and response_ce
         out = {}
-        with self._plora(transcript_mask):
-            s_in, s_resp = self._rows_hidden(student_embeds, attention_mask, [transcript_mask, response_rows])
-        need_teacher = "input_kl" in weights or "response_kl" in weights
-        s_in_logits = lm_head(s_in)
-        if need_teacher:
-            t_in, t_resp = self.teacher_hidden(input_ids, attention_mask, [transcript_mask, response_rows])
-            with torch.no_grad():
-                t_in_logits = lm_head(t_in)
-            stats["agreement"] = float((t_in_logits.argmax(-1) == s_in_logits.argmax(-1)).float().mean())
-            if "input_kl" in weights:
-                out["input_kl"] = kd_kl(s_in_logits, t_in_logits, self.config.temperature)
-            if "response_kl" in weights:
-                with torch.no_grad():
-                    t_resp_logits = lm_head(t_resp)
-                out["response_kl"] = kd_kl(lm_head(s_resp), t_resp_logits, self.config.temperature)
+        teacher_rows = [r for r, used in ((transcript, use_in), (response, "response_kl" in weights)) if used]
+        if teacher_rows:
+            with self._teacher_context():
+                teacher = self._view_hidden(text_embeds, view, teacher_rows)
+                t_logits = [lm_head(h) for h in teacher]
+        if use_in:
+            s_in_logits, t_in_logits = lm_head(s_in), t_logits.pop(0)
+            stats["agreement"] = float((t_in_logits.argmax(-1) == s_in_logits.detach().argmax(-1)).float().mean())
+            out["input_kl"] = kd_kl(s_in_logits, t_in_logits, self.config.temperature)
+        if "response_kl" in weights:
+            out["response_kl"] = kd_kl(s_resp_logits, t_logits.pop(0), self.config.temperature)
         if "response_ce" in weights:
-            labels = torch.zeros_like(input_ids)
-            labels[:, :-1] = input_ids[:, 1:]
-            s_resp_logits = lm_head(s_resp)
             if s_resp_logits.shape[0] == 0:  # no item of this batch has a response
                 out["response_ce"] = s_resp_logits.float().sum() * 0.0
             else:
-                out["response_ce"] = nn.functional.cross_entropy(s_resp_logits.float(), labels[response_rows])
-                stats["response_acc"] = float((s_resp_logits.argmax(-1) == labels[response_rows]).float().mean())
+                targets = labels[response_rows]
+                out["response_ce"] = nn.functional.cross_entropy(s_resp_logits.float(), targets)
+                stats["response_acc"] = float((s_resp_logits.detach().argmax(-1) == targets).float().mean())
         stats["response_tokens"] = float(response_rows.sum())
         return out
 
     # ---- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, feats: torch.Tensor, feats_lengths: torch.Tensor, instructions: list[str | None] | None = None,
-                 return_details: bool = False, **generate_kwargs) -> list[str] | dict:
+    def generate(self, feats: torch.Tensor | None, feats_lengths: torch.Tensor | None,
+                 instructions: list[str | None] | None = None, return_details: bool = False,
+                 encoder_out: torch.Tensor | None = None, encoder_out_lengths: torch.Tensor | None = None,
+                 **generate_kwargs) -> list[str] | dict:
         """Speech (+ optional instruction per utterance) -> text. CIF predicts each utterance's speech-token count;
         prompts are left-padded and run through transformers' ``generate`` with ``inputs_embeds`` and a KV cache;
-        PLoRA applies to the speech positions of the prompt only. ``generate_kwargs`` go to ``generate``
+        PLoRA applies to the speech positions of the prompt only; with ``cache_prefix`` the cache starts as the
+        prefixes' keys/values (blspkd/models/prefix_cache.py) and only ``[speech | suffix]`` is prefilled.
+        ``encoder_out``/``encoder_out_lengths`` replace the log-mel input by cached encoder outputs.
+        ``generate_kwargs`` go to ``generate``
         (``max_new_tokens`` defaults to 128; greedy unless ``num_beams``/``do_sample`` say otherwise; a ``streamer``
         receives the new tokens as they come).
         ``return_details=True`` (used by blspkd/decode.py for its per-utterance records and speed figures) returns
         ``{"texts", "num_speech_tokens", "num_generated_tokens"}`` (generated tokens up to and including the first
         end-of-turn/EOS token) instead of the list of texts."""
-        batch = self.build_generation_inputs(feats, feats_lengths, instructions)
+        batch = self.build_generation_inputs(feats, feats_lengths, instructions, encoder_out, encoder_out_lengths)
         tok = self.tokenizer
         eos = list(dict.fromkeys([*self.framing.end_of_turn_ids[:1],
                                   *([tok.eos_token_id] if tok.eos_token_id is not None else [])]))
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         kwargs = {"max_new_tokens": 128, "do_sample": False, "eos_token_id": eos, "pad_token_id": pad,
                   **generate_kwargs}
-        with self._plora(batch["speech_mask"]):
+        plora_mask = batch["speech_mask"]
+        if "prefix_kv" in batch:
+            config = kwargs.get("generation_config", self.llm.generation_config)
+            expand = max(kwargs.get("num_beams", config.num_beams) or 1,
+                         kwargs.get("num_return_sequences", config.num_return_sequences) or 1)
+            kwargs["cache"] = generation_cache(batch["prefix_kv"], expand)  # generate expands every tensor input
+            plora_mask = plora_mask[:, batch["prefix_kv"][0][0].shape[2]:]  # the prefill forward's columns
+        with self._plora(plora_mask):
             tokens = self.llm.generate(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                        **kwargs)
         texts = [t.strip() for t in tok.batch_decode(tokens, skip_special_tokens=True)]
@@ -305,11 +436,14 @@ class BlspKdModel(nn.Module):
         return {"texts": texts, "num_speech_tokens": [int(n) for n in batch["num_tokens"]],
                 "num_generated_tokens": [int(n) for n in first_end]}
 
-    def build_generation_inputs(self, feats, feats_lengths, instructions=None) -> dict[str, torch.Tensor]:
+    def build_generation_inputs(self, feats, feats_lengths, instructions=None, encoder_out=None,
+                                encoder_out_lengths=None) -> dict[str, torch.Tensor]:
         """Left-padded prompt embeddings ``[prefix | instruction | speech | suffix]`` with the attention and speech
-        masks (B, L)."""
-        speech = self.encode_speech(feats, feats_lengths)
-        b = feats.shape[0]
+        masks (B, L). With the prefix cache, the prefixes (instruction included) are a left-padded slot of P columns
+        whose embeddings are never read, then ``[speech | suffix]`` left-padded, and ``prefix_kv`` holds the prefixes'
+        keys/values (what ``generate`` starts its cache with)."""
+        speech = self._speech(feats, feats_lengths, encoder_out, encoder_out_lengths)
+        b = speech.embeds.shape[0]
         if instructions is None:
             instructions = [None] * b
         if len(instructions) != b:
@@ -322,15 +456,23 @@ class BlspKdModel(nn.Module):
             n = int(speech.num_tokens[i])
             parts.append((torch.tensor(prefix, device=device), speech.embeds[i, :n],
                           torch.tensor(self.framing.suffix_ids, device=device)))
-        length = max(len(p) + len(s) + len(x) for p, s, x in parts)
+        cached = self._prefix_cache_on()
+        slot = max(len(p) for p, _, _ in parts) if cached else 0
+        length = slot + max(len(s) + len(x) + (0 if cached else len(p)) for p, s, x in parts)
         embeds = torch.zeros(b, length, embed.weight.shape[1], dtype=embed.weight.dtype, device=device)
         attention_mask = torch.zeros(b, length, dtype=torch.long, device=device)
         speech_mask = torch.zeros(b, length, dtype=torch.bool, device=device)
         for i, (prefix, sp, suffix) in enumerate(parts):
-            row = torch.cat([embed(prefix), sp.to(embeds.dtype), embed(suffix)])
+            head = [] if cached else [embed(prefix)]
+            row = torch.cat([*head, sp.to(embeds.dtype), embed(suffix)])
             start = length - row.shape[0]
             embeds[i, start:] = row
             attention_mask[i, start:] = 1
-            speech_mask[i, start + len(prefix): start + len(prefix) + sp.shape[0]] = True
-        return {"inputs_embeds": embeds, "attention_mask": attention_mask, "speech_mask": speech_mask,
-                "num_tokens": speech.num_tokens}
+            first = start + (0 if cached else len(prefix))
+            speech_mask[i, first: first + sp.shape[0]] = True
+        out = {"inputs_embeds": embeds, "attention_mask": attention_mask, "speech_mask": speech_mask,
+               "num_tokens": speech.num_tokens}
+        if cached:
+            out["prefix_kv"], prefix_mask = self._prefix_kv([tuple(p.tolist()) for p, _, _ in parts])
+            attention_mask[:, :slot] = prefix_mask
+        return out

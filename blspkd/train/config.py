@@ -50,6 +50,9 @@ class DataConfig:
     batch_type: Literal["frames", "tokens"] = "frames"
     batch_bins: int = 20000
     max_batch_size: int = 64
+    # Read the frozen speech encoder's outputs cached by stage 2 (blspkd.sh --encoder_cache true;
+    # blspkd/data/encoder_cache.py) instead of running the encoder on the log-mel features in every epoch.
+    encoder_cache: bool = False
     num_workers: int = 2
     # Number of validation utterances whose generations (speech in, text out) are written to the log at each validation.
     num_sample_generations: int = 3

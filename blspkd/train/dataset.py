@@ -45,6 +45,7 @@ class DumpDir:
     text: dict[str, str]
     num_frames: dict[str, int]
     extra: dict[str, dict[str, str]]
+    encoder_out: object = None  # lazy Mapping[str, np.ndarray] of cached encoder outputs (data.encoder_cache)
 
     @classmethod
     def load(cls, path: str | Path) -> DumpDir:
@@ -78,7 +79,10 @@ class DumpDir:
 class TrainingData:
     """Map-style dataset over ``(dir index, key, task index)`` ids, with lengths and task lists for the sampler."""
 
-    def __init__(self, dirs: list[str | Path], tasks: list[TaskConfig], batch_type: str = "frames"):
+    def __init__(self, dirs: list[str | Path], tasks: list[TaskConfig], batch_type: str = "frames",
+                 encoder: dict | None = None):
+        """``encoder``: the ``encoder_record`` of the model's frozen speech encoder to read each dir's cached encoder
+        outputs (blspkd/data/encoder_cache.py) instead of its log-mel features; None reads the features."""
         if not dirs:
             raise ConfigError("data: no dump dir given (set data.train or data.valid)")
         if not tasks:
@@ -87,6 +91,11 @@ class TrainingData:
         self.registry = [get_task(t.kind) for t in tasks]
         self.instructions = [task_instruction(t) for t in tasks]
         self.dirs = [DumpDir.load(d) for d in dirs]
+        if encoder is not None:
+            from blspkd.data.encoder_cache import load_encoder_outputs
+
+            for d in self.dirs:
+                d.encoder_out = load_encoder_outputs(d.path, encoder)
         self.lengths: list[dict[str, int]] = []
         self.eligible: list[dict[str, list[int]]] = []
         for d in self.dirs:
@@ -99,6 +108,9 @@ class TrainingData:
                     continue
                 if not text.strip():
                     skipped["empty transcript"] += 1
+                    continue
+                if d.encoder_out is not None and key not in d.encoder_out:
+                    skipped["no cached encoder output (encoder_out.scp)"] += 1
                     continue
                 ok = [i for i, t in enumerate(self.registry) if self._has_inputs(d, key, t, self.instructions[i])]
                 if not ok:
@@ -127,13 +139,15 @@ class TrainingData:
         di, key, ti = example
         d = self.dirs[di]
         task = self.registry[ti]
-        feats = np.array(d.feats[key], dtype=np.float32)  # a writable copy (kaldiio may hand out read-only views)
+        name, source = ("feats", d.feats) if d.encoder_out is None else ("encoder_out", d.encoder_out)
+        feats = np.array(source[key], dtype=np.float32)  # a writable copy (kaldiio may hand out read-only views)
         if not np.isfinite(feats).all():
             raise ValueError(
-                f"{d.path / 'feats.scp'}: utterance {key} has non-finite feature values (NaN/inf); re-run stage 2 for "
-                "this dir or remove the utterance (utils/subset_data_dir.sh / fix_data_dir.sh)"
+                f"{d.path / ('feats.scp' if name == 'feats' else 'encoder_out.scp')}: utterance {key} has non-finite "
+                "feature values (NaN/inf); re-run stage 2 for this dir or remove the utterance "
+                "(utils/subset_data_dir.sh / fix_data_dir.sh)"
             )
-        item = {"key": key, "feats": feats, "text": d.text[key]}
+        item = {"key": key, name: feats, "text": d.text[key]}
         instruction = self.instructions[ti]
         if instruction is None and task.utterance_instruction != "none":
             instruction = d.extra.get("instruction", {}).get(key)

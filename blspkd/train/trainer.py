@@ -116,14 +116,15 @@ class Trainer:
                 raise ConfigError("gradient_checkpointing: this model has no gradient_checkpointing_enable()")
             self.module.gradient_checkpointing_enable()
         self.collate = collator_builder(self.module)
-        self.train_data = TrainingData([d.path for d in cfg.data.train], cfg.data.tasks, cfg.data.batch_type)
+        encoder = self._encoder_record() if cfg.data.encoder_cache else None
+        self.train_data = TrainingData([d.path for d in cfg.data.train], cfg.data.tasks, cfg.data.batch_type, encoder)
         self.sampler = BucketBatchSampler(
             self.train_data.lengths, [d.weight for d in cfg.data.train], self.train_data.eligible,
             [t.weight for t in cfg.data.tasks], cfg.data.batch_bins, cfg.data.max_batch_size, cfg.seed,
             self.rank, self.world,
         )
         self.valid_data = (
-            TrainingData(cfg.data.valid, cfg.data.tasks, cfg.data.batch_type) if cfg.data.valid else None
+            TrainingData(cfg.data.valid, cfg.data.tasks, cfg.data.batch_type, encoder) if cfg.data.valid else None
         )
         self.batches_per_epoch = len(self.sampler)
         self.total_steps = cfg.max_steps or steps_for(self.batches_per_epoch, cfg.optim.grad_accum, cfg.num_epochs)
@@ -168,6 +169,16 @@ class Trainer:
             self.writer = SummaryWriter(str(self.exp_dir / "tensorboard"))
 
     # ----------------------------------------------------------------- set-up helpers
+    def _encoder_record(self) -> dict:
+        """What data.encoder_cache checks each dump dir's cached outputs against (blspkd/data/encoder_cache.py)."""
+        from blspkd.data.encoder_cache import encoder_record
+
+        config = getattr(self.module, "config", None)
+        if not getattr(config, "freeze_speech_encoder", False):
+            raise ConfigError("data.encoder_cache: true needs a frozen speech encoder (model.freeze_speech_encoder: "
+                              "true): a trained encoder's outputs change at every update")
+        return encoder_record(self.module.speech_encoder, config.speech_encoder)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         # No weight decay on biases and norm scales (1-D tensors), as in BERT/HF Trainer.
         decay = [p for (n, _), p in zip(self.trainable, self.params) if p.ndim >= 2]
@@ -391,11 +402,16 @@ class Trainer:
         if "stat/agreement" in agg:
             parts.append(f"agreement {agg['stat/agreement'] / batches:.3f}")
             scalars["train/agreement"] = agg["stat/agreement"] / batches
+        for stat, what in (("pad_frames", "frames"), ("pad_tokens", "LLM tokens")):  # padded fractions of the batches
+            if f"stat/{stat}" in agg:
+                parts.append(f"padding {what} {100 * agg[f'stat/{stat}'] / batches:.1f}%")
+                scalars[f"train/{stat}"] = agg[f"stat/{stat}"] / batches
         utt_s = agg["utts"] / max(elapsed, 1e-9)
         tok_s = agg.get("stat/num_tokens", 0.0) / max(elapsed, 1e-9)
         remaining = (self.total_steps - self.step) * since_start / max(steps_done, 1)
+        s_update = elapsed / max(agg["updates"] + agg["skipped"], 1.0)
         parts += [f"lr {lr:.3e}", f"grad_norm {agg['grad_norm'] / max(agg['updates'], 1):.3f}",
-                  f"{utt_s:.1f} utt/s", f"{tok_s:.1f} tokens/s", f"ETA {_hms(remaining)}"]
+                  f"{s_update:.3f} s/update", f"{utt_s:.1f} utt/s", f"{tok_s:.1f} tokens/s", f"ETA {_hms(remaining)}"]
         if agg["skipped"]:
             parts.append(f"skipped {int(agg['skipped'])}")
         scalars.update({"train/utt_per_s": utt_s, "train/tokens_per_s": tok_s})
@@ -430,7 +446,8 @@ class Trainer:
         totals = dict(zip(["batches", "utts"] + keys,
                           D.all_reduce_sum([sums["batches"], sums["utts"]] + [sums[k] for k in keys], self.device)))
         n = max(totals["batches"], 1.0)
-        counts = ("stat/num_tokens", "stat/batch_size", "stat/response_tokens")  # sizes, not quality measures
+        counts = ("stat/num_tokens", "stat/batch_size", "stat/response_tokens", "stat/llm_positions", "stat/pad_frames",
+                  "stat/pad_tokens")  # sizes, not quality measures
         result = {k.split("/", 1)[1]: totals[k] / n for k in keys if k not in counts}
         if self.is_main:
             logger.info("validation at step %d (%d utterances, %.1f s): %s", self.step, int(totals["utts"]),
@@ -449,16 +466,16 @@ class Trainer:
             return
         data = self.valid_data
         items = [data[x] for x in data.all_examples()[:n]]
-        lengths = torch.tensor([it["feats"].shape[0] for it in items])
-        feats = torch.zeros(len(items), int(lengths.max()), items[0]["feats"].shape[1])
+        name = "encoder_out" if "encoder_out" in items[0] else "feats"  # data.encoder_cache: the cached outputs
+        lengths = torch.tensor([it[name].shape[0] for it in items])
+        feats = torch.zeros(len(items), int(lengths.max()), items[0][name].shape[1])
         for i, it in enumerate(items):
-            feats[i, : lengths[i]] = torch.from_numpy(it["feats"])
+            feats[i, : lengths[i]] = torch.from_numpy(it[name])
         instructions = [it.get("instruction") for it in items]
         model = self.model if self._fsdp() else self.module
-        hyps = model.generate(
-            feats.to(self.device), lengths.to(self.device),
-            instructions=instructions if any(instructions) else None, max_new_tokens=64,
-        )
+        speech = {"feats": None, "feats_lengths": None, name: feats.to(self.device),
+                  f"{name}_lengths": lengths.to(self.device)}
+        hyps = model.generate(**speech, instructions=instructions if any(instructions) else None, max_new_tokens=64)
         if self.is_main:
             for it, hyp in zip(items, hyps):
                 ref = it.get("response", it["text"])
@@ -485,7 +502,7 @@ class Trainer:
 
 
 def _batch_size(batch: dict) -> int:
-    for key in ("feats_lengths", "speech_lengths", "feats"):
+    for key in ("feats_lengths", "encoder_out_lengths", "speech_lengths", "feats"):
         if key in batch and torch.is_tensor(batch[key]):
             return int(batch[key].shape[0])
     return next(int(v.shape[0]) for v in batch.values() if torch.is_tensor(v) and v.ndim > 0)

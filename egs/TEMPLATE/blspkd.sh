@@ -74,6 +74,8 @@ local_data_opts=""      # options passed to local/data.sh (stage 1)
 min_duration=0.1        # seconds; shorter train/valid utterances are dropped in stage 2 (test sets are kept whole)
 max_duration=30.0       # seconds; longer train/valid utterances are dropped in stage 2 (Whisper's window is 30 s)
 feats_args=""           # extra options for python -m blspkd.bin.extract_feats
+encoder_cache=false     # stage 2 also writes the frozen encoder's outputs of train/valid sets (for data.encoder_cache)
+encoder_cache_args=""   # extra options for python -m blspkd.bin.dump_encoder_outputs (e.g. --pad_to_30s true)
 # Teacher data (stage 3)
 teacher_args=""         # extra options for the teacher data generation
 continuation_sets=""    # sets that get LLM continuations in stage 3 (empty: every set); all get token counts
@@ -318,6 +320,17 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
         mark_stage_done "${out}" 2 "${signature}"
         log "stage 2: ${out}: $(wc -l < "${out}/feats.scp") of ${num_utts} utterances kept, $((SECONDS - start)) s"
     done
+    if ${encoder_cache}; then
+        # Training reads these instead of running the frozen encoder every epoch (blspkd/data/encoder_cache.py);
+        # decoding reads the log-mel, so the test sets get none. Skipped when the same encoder wrote them already.
+        for dset in ${train_set} ${valid_set}; do
+            log "stage 2: encoder outputs of ${dumpdir}/${dset} (log: ${dumpdir}/${dset}/log/encoder_out.log)"
+            # shellcheck disable=SC2086
+            ${train_cmd} --num_threads "${ncores}" "${dumpdir}/${dset}/log/encoder_out.log" \
+                python -m blspkd.bin.dump_encoder_outputs \
+                --dump_dir "${dumpdir}/${dset}" --speech_encoder "${speech_encoder}" ${encoder_cache_args}
+        done
+    fi
     log "stage 2 done (${SECONDS} s elapsed)"
 fi
 

@@ -30,6 +30,7 @@ BLSPKD_PROG=$0 ./blspkd.sh \
     --speech_encoder "${speech_encoder}" \
     --llm "${llm}" \
     --continuation_sets "${test_sets}" \
+    --encoder_cache true \
     --warmstart_config conf/warmstart.yaml \
     --pretrain_config conf/pretrain.yaml \
     --finetune_config conf/finetune.yaml \
