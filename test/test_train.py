@@ -232,8 +232,10 @@ def test_init_from_config_is_the_base_and_model_keys_override_it_strictly(tmp_pa
     base = ["--config", str(TINY / "finetune.yaml"), "--init_from", str(saved)]
     cfg = parse_config(TrainConfig, [*base, "--model.adapter.threshold", "0.9"])
     m = cfg.model
-    # kept from the saved model: base paths, adapter sizes, prompts, KD temperature
-    assert (m.speech_encoder, m.llm, m.system_prompt, m.temperature) == ("enc", "lm", "S", 1.0)
+    # kept from the saved model: base paths, adapter sizes, KD temperature; the yaml's system prompt replaces "S"
+    assert (m.speech_encoder, m.llm, m.temperature) == ("enc", "lm", 1.0)
+    assert m.system_prompt == "You repeat the user's text exactly, word for word."
+    assert parse_config(TrainConfig, [*base, "--model.system_prompt", "null"]).model.system_prompt is None
     assert (m.adapter.num_heads, m.adapter.frame_pooling, m.adapter.threshold) == (3, 2, 0.9)
     # the yaml's loss weights replace the saved ones (cif_ce is off), its plora section turns PLoRA on
     assert m.losses.enabled() == {"response_kl": 1.0, "response_ce": 1.0, "cif": 0.1}

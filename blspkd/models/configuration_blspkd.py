@@ -4,10 +4,10 @@ A composite configuration in the style of transformers' (``LlavaConfig`` with it
 names the base models, the prompt framing and the KD settings; three typed sub-configs hold the CFormer adapter
 (``CFormerConfig``), Partial LoRA (``PLoraConfig``) and the loss weights (``LossWeights``). The sub-configs are plain
 dataclasses, not ``PretrainedConfig`` subclasses, so they carry no transformers fields (id2label, ...) and are not
-registered as transformers sub-configs; config.json holds them as nested dicts. Every field is a key of the ``model`` section of a training
-config (``--print_config`` shows them all, ``--model.adapter.num_heads 4`` overrides one). A dict given for a
-sub-config is checked key by key, so a typo is a ``ConfigError`` naming the closest real key; adding a model key is one
-annotated line in one of these classes.
+registered as transformers sub-configs; config.json holds them as nested dicts. Every field is a key of the ``model``
+section of a training config (``--print_config`` shows them all, ``--model.adapter.num_heads 4`` overrides one).
+A dict given for a sub-config is checked key by key, so a typo is a ``ConfigError`` naming the closest real key;
+adding a model key is one annotated line in one of these classes.
 """
 from __future__ import annotations
 
