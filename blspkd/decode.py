@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from blspkd import tasks
 from blspkd.data.kaldi_dir import read_kv, write_kv
+from blspkd.data.mel import WhisperLogMel
 from blspkd.teacher import one_line
 from blspkd.train.dataset import DumpDir
 from blspkd.utils.config import ConfigError
@@ -182,7 +183,8 @@ def dump_fingerprint(dump_dir: Path, task: str) -> str:
     """sha256 of what the hypotheses and records depend on in the dump dir, so that a shard decoded before the dump
     dir was rebuilt (stage 2 or 3 re-run: new .completed marker) is decoded again rather than reused."""
     h = hashlib.sha256()
-    for name in ("text", "feats.scp", "utt2num_frames", "instruction", tasks.get_task(task).reference, MARKER):
+    for name in ("text", "feats.scp", "wav.scp", "utt2num_frames", "instruction", tasks.get_task(task).reference,
+                 MARKER):
         path = dump_dir / name
         if path.is_file():
             h.update(f"{name} {path.stat().st_mtime_ns if name == MARKER else ''}\n".encode())
@@ -229,6 +231,7 @@ def decode_shard(cfg: DecodeConfig, model=None) -> dict:
         model = load_model(model_dir, cfg.device)
     device = next(model.parameters()).device
     fe = model.feature_extractor
+    log_mel = WhisperLogMel.from_extractor(fe)
     frame_seconds = fe.hop_length / fe.sampling_rate
     gen_kwargs = generation_kwargs(cfg)
     logger.info("shard %d/%d: %d of %d utterances of %s, task %s, batch %d, %s", cfg.shard, cfg.num_shards,
@@ -246,6 +249,8 @@ def decode_shard(cfg: DecodeConfig, model=None) -> dict:
         lengths = torch.tensor([f.shape[0] for f in feats])
         padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(device)
         t0 = time.perf_counter()
+        if dump.raw:  # waveforms of a --feats_type raw dump dir: the log-mel is computed here, on the model's device
+            padded, lengths = log_mel.batch(padded, lengths.to(device))
         out = model.generate(padded, lengths.to(device), [instructions[k] for k in batch], return_details=True,
                              **gen_kwargs)
         if device.type == "cuda":

@@ -290,16 +290,17 @@ def test_cli_reports_user_errors_without_traceback(tmp_path, fe80_dir):
     assert f"{tmp_path}/nope is not a valid data dir" in r.stderr
 
 
-def test_unreadable_audio_fails_or_is_skipped_with_a_count(tmp_path, speech_data_dir, fe80_dir, capsys):
+@pytest.mark.parametrize("feats_type", ["fbank", "raw"])
+def test_unreadable_audio_fails_or_is_skipped_with_a_count(tmp_path, speech_data_dir, fe80_dir, capsys, feats_type):
     data = tmp_path / "data"
     shutil.copytree(speech_data_dir, data)
     wav = read_kv(data / "wav.scp")
     bad = sorted(wav)[2]
     write_kv(data / "wav.scp", {**wav, bad: "/nope/gone.wav"})
     with pytest.raises(AudioError, match=rf"^{data}/wav.scp:3: recording '{bad}': file not found: /nope/gone.wav\."):
-        _extract(data, tmp_path / "fail", fe80_dir, 1, 1)
+        _extract(data, tmp_path / "fail", fe80_dir, 1, 1, "--feats_type", feats_type)
     out = tmp_path / "dump"
-    assert _extract(data, out, fe80_dir, 1, 1, "--skip_bad_audio", "true") == 0
+    assert _extract(data, out, fe80_dir, 1, 1, "--skip_bad_audio", "true", "--feats_type", feats_type) == 0
     assert _merge(data, out, 1) == 0
     complete = json.loads((out / ".completed").read_text())["totals"]
     assert (complete["kept"], complete["dropped"]) == (len(wav) - 1, {"unreadable audio": 1})

@@ -179,20 +179,43 @@ def test_language_specific_configs(tmp_path, lang, name):
     assert f"instruction: Translate the following speech into {name}." in decode
 
 
-@pytest.mark.slow
-def test_stage2_features_through_ffmpeg_pipes(stage1, tiny_whisper_dir, monkeypatch):
+@pytest.fixture(scope="module")
+def stage2(stage1, tiny_whisper_dir) -> Path:
+    """Stage 2 as run.sh sets it (--feats_type raw): the MP3 clips through ffmpeg pipes, written as 16 kHz FLAC."""
     run(["./run.sh", "--tgt_lang", "de", "--stage", "2", "--stop_stage", "2", "--speech_encoder", str(tiny_whisper_dir),
          "--nj", "1"], stage1)
-    from blspkd.data.feats_io import load_scp
+    return stage1
 
-    monkeypatch.chdir(stage1)  # feats.scp names its ark files relative to the recipe directory, as in Kaldi
 
+@pytest.mark.slow
+def test_stage2_raw_audio_through_ffmpeg_pipes(stage2, monkeypatch):
+    from blspkd.data.audio import AudioReader
+
+    monkeypatch.chdir(stage2)  # wav.scp names its files relative to the recipe directory, as feats.scp its arks
     for split in SPLITS:
-        dump = stage1 / "dump" / f"{split}_en_de"
-        feats = load_scp(dump / "feats.scp")
-        assert sorted(feats) == sorted(read_kv(stage1 / "data" / f"{split}_en_de" / "text"))
+        dump = stage2 / "dump" / f"{split}_en_de"
+        assert validate_data_dir(dump) == [] and not (dump / "feats.scp").exists()
+        wav = read_kv(dump / "wav.scp")
+        assert sorted(wav) == sorted(read_kv(stage2 / "data" / f"{split}_en_de" / "text"))
         frames = read_kv(dump / "utt2num_frames")
-        for key in feats:
-            assert feats[key].shape == (int(frames[key]), 80)
-            assert 100 < feats[key].shape[0] < 1000  # 1-10 s of speech at 100 frames/s
-        assert read_kv(dump / "translation") == read_kv(stage1 / "data" / f"{split}_en_de" / "translation")
+        reader = AudioReader(stage2 / "data" / f"{split}_en_de")
+        for key, path in wav.items():
+            audio, rate = sf.read(path, dtype="float32")
+            assert rate == 16000 and audio.ndim == 1 and (audio == reader.read(key)).all()  # the pipe's output
+            assert int(frames[key]) == len(audio) // 160 and 100 < int(frames[key]) < 1000  # 1-10 s of speech
+        assert read_kv(dump / "translation") == read_kv(stage2 / "data" / f"{split}_en_de" / "translation")
+
+
+@pytest.mark.slow
+def test_training_and_translating_from_raw_audio(stage2, tiny_llm_dir, tiny_whisper_dir):
+    """KD training (tiny config) and translation + BLEU of the test set from the raw dump dirs."""
+    tiny = MAIN_ROOT / "egs" / "mini_espeak" / "conf" / "tiny" / "pretrain.yaml"
+    out = run(["./run.sh", "--tgt_lang", "de", "--stage", "4", "--stop_stage", "7", "--skip_stages", "5",
+               "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir), "--ngpu", "0", "--nj", "1",
+               "--inference_nj", "1", "--pretrain_config", str(tiny), "--pretrain_args", "--max_steps 2",
+               "--inference_model", "exp/pretrain", "--decode_args", "--max_new_tokens 4"], stage2)
+    exp = stage2 / "exp" / "pretrain"
+    assert (exp / ".completed").read_text().startswith("step 2\n"), out.stdout[-3000:]
+    hyp = read_kv(exp / "decode_test_en_de" / "hyp.txt")
+    assert sorted(hyp) == sorted(read_kv(stage2 / "dump" / "test_en_de" / "text"))
+    assert "test_en_de" in (stage2 / "RESULTS.md").read_text()

@@ -148,25 +148,54 @@ def test_flac_without_transcript_is_skipped_with_a_count(tmp_path, fake_librispe
     assert len(read_kv(tmp_path / "data" / "dev_clean" / "text")) == 4
 
 
-@pytest.mark.slow
-def test_stage2_features_of_every_set(stage1, tiny_whisper_dir, monkeypatch):
+@pytest.fixture(scope="module")
+def stage2(stage1, tiny_whisper_dir) -> Path:
+    """Stage 2 as run.sh sets it (--feats_type raw): validated 16 kHz mono FLAC per utterance."""
     run(["./run.sh", "--stage", "2", "--stop_stage", "2", *STAGE_OPTS, "--speech_encoder", str(tiny_whisper_dir),
          "--nj", "1"], stage1)
-    from blspkd.data.feats_io import load_scp
+    return stage1
 
-    monkeypatch.chdir(stage1)  # feats.scp names its ark files relative to the recipe directory, as in Kaldi
 
+@pytest.mark.slow
+def test_stage2_raw_audio_of_every_set(stage2, monkeypatch):
+    import soundfile as sf
+
+    from blspkd.data.audio import AudioReader
+
+    monkeypatch.chdir(stage2)  # wav.scp names its files relative to the recipe directory, as feats.scp its arks
     for name in ["train", "dev_clean", "dev_other", "test_clean", "test_other"]:
-        dump = stage1 / "dump" / name
-        assert (dump / ".completed").is_file()
-        feats = load_scp(dump / "feats.scp")
-        assert sorted(feats) == sorted(read_kv(stage1 / "data" / name / "text"))
-        frames = read_kv(dump / "utt2num_frames")
-        for key in feats:
-            mat = feats[key]
-            assert mat.shape == (int(frames[key]), 80)
-            assert 50 < mat.shape[0] < 1500  # 0.5-15 s of espeak speech at 100 frames/s, not padded to 30 s
-        assert read_kv(dump / "text") == read_kv(stage1 / "data" / name / "text")
+        dump = stage2 / "dump" / name
+        assert (dump / ".completed").is_file() and not (dump / "feats.scp").exists()
+        assert validate_data_dir(dump) == []
+        wav = read_kv(dump / "wav.scp")
+        assert sorted(wav) == sorted(read_kv(stage2 / "data" / name / "text"))
+        samples, frames = read_kv(dump / "utt2num_samples"), read_kv(dump / "utt2num_frames")
+        reader = AudioReader(stage2 / "data" / name)
+        for key, path in wav.items():
+            assert path == f"dump/{name}/shards/audio.1/{key}.flac"
+            audio, rate = sf.read(path, dtype="float32")
+            assert rate == 16000 and audio.ndim == 1 and len(audio) == int(samples[key])
+            assert (audio == reader.read(key)).all()  # the corpus's 16-bit FLAC, unchanged
+            assert int(frames[key]) == len(audio) // 160 and 50 < int(frames[key]) < 1500
+        assert read_kv(dump / "text") == read_kv(stage2 / "data" / name / "text")
+
+
+@pytest.mark.slow
+def test_training_and_decoding_from_raw_audio(stage2, tiny_llm_dir, tiny_whisper_dir):
+    """KD training (tiny config, plain task: no teacher data needed, stage 3 reads only the text) and decoding +
+    scoring of every test set from the raw dump dirs: the log-mel is computed by the trainer and the decoder."""
+    tiny = MAIN_ROOT / "egs" / "mini_espeak" / "conf" / "tiny" / "pretrain.yaml"
+    out = run(["./run.sh", "--stage", "4", "--stop_stage", "7", "--skip_stages", "5", *STAGE_OPTS,
+               "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir), "--ngpu", "0", "--nj", "1",
+               "--inference_nj", "1", "--pretrain_config", str(tiny), "--pretrain_args", "--max_steps 2",
+               "--inference_model", "exp/pretrain", "--decode_args", "--max_new_tokens 4", "--test_sets",
+               "test_clean"], stage2)
+    exp = stage2 / "exp" / "pretrain"
+    assert (exp / ".completed").read_text().startswith("step 2\n"), out.stdout[-3000:]
+    assert "step 2/2" in (exp / "log" / "train.log").read_text()
+    hyp = read_kv(exp / "decode_test_clean" / "hyp.txt")
+    assert sorted(hyp) == sorted(read_kv(stage2 / "dump" / "test_clean" / "text"))
+    assert "test_clean" in (stage2 / "RESULTS.md").read_text()  # stage 7 scored it
 
 
 CONFIGS = ["pretrain", "pretrain_1gpu24gb", "finetune", "finetune_1gpu24gb"]

@@ -13,7 +13,10 @@ Shard J (the J-th contiguous block of the sorted utterance ids; blspkd/utils/sha
 <out_dir>/shards/{feats.J.ark,feats.J.scp,utt2num_frames.J,dropped.J,.completed.J}; a shard whose .completed.J exists
 with the same settings is skipped, so re-running all jobs after a killed one redoes only the missing shards.
 Utterances outside [min_duration, max_duration] (default max: the extractor's chunk_length, 30 s, the most Whisper's
-encoder takes) are dropped and counted per reason. Options accept '-' or '_' (--out-dir = --out_dir).
+encoder takes) are dropped and counted per reason.
+With --feats_type raw the shards hold the utterances as 16 kHz mono 16-bit FLAC (or WAV) files instead
+(<out_dir>/shards/audio.J/, wav.J.scp, utt2num_samples.J) and the dump dir gets wav.scp and utt2num_samples; the model
+computes the log-mel on its device (blspkd/data/audio_dump.py). Options accept '-' or '_' (--out-dir = --out_dir).
 """
 from __future__ import annotations
 
@@ -49,6 +52,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="drop utterances longer than this many seconds (default: the extractor's chunk_length, 30)")
     p.add_argument(*opt("skip_bad_audio"), dest="skip_bad_audio", type=_bool, default=False,
                    help="true: skip unreadable audio with a logged count instead of failing (default: false)")
+    p.add_argument(*opt("feats_type"), dest="feats_type", choices=["fbank", "raw"], default="fbank",
+                   help="fbank: dump the log-mel features; raw: dump 16 kHz mono audio, the log-mel is computed on the "
+                   "training/decoding device (default: fbank)")
+    p.add_argument(*opt("audio_format"), dest="audio_format", choices=["flac", "wav"], default="flac",
+                   help="file format of the raw audio (--feats_type raw; 16-bit PCM; default: flac)")
     p.add_argument(*opt("num_threads"), dest="num_threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument(*opt("log_level"), dest="log_level", default="INFO", help="(default: INFO)")
     return p
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     extract_shard(
         args.data_dir, args.out_dir, args.feature_extractor, args.num_shards, args.shard,
         min_duration=args.min_duration, max_duration=args.max_duration, skip_bad_audio=args.skip_bad_audio,
-        num_threads=args.num_threads,
+        num_threads=args.num_threads, feats_type=args.feats_type, audio_format=args.audio_format,
     )
     return 0
 

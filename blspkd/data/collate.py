@@ -23,7 +23,9 @@ class BlspKdCollator:
     "response_truncated"}``; an item without an instruction gets ``config.default_instruction``. A truncated response
     (the teacher stopped at max_new_tokens) gets no end of turn: the model must not learn to stop where the teacher was
     cut off. Items holding cached encoder outputs ``"encoder_out"`` (T', d) instead of ``"feats"`` give
-    ``encoder_out``/``encoder_out_lengths`` instead of ``feats``/``feats_lengths``.
+    ``encoder_out``/``encoder_out_lengths`` instead of ``feats``/``feats_lengths``. Items of a raw dump dir carry
+    ``"speech"`` (L,) float32 samples instead: the batch then has speech (B, L) zero-padded and speech_lengths (B,),
+    for ``blspkd.data.mel.speech_to_feats`` on the model's device.
     """
 
     def __init__(self, tokenizer, config):
@@ -61,22 +63,40 @@ class BlspKdCollator:
             transcript_mask[i, t0:t1] = True
             response_mask[i, r0:r1] = True
 
-        name = "encoder_out" if "encoder_out" in items[0] else "feats"
-        feats = [np.asarray(item[name], dtype=np.float32) for item in items]
-        n_mels = {f.shape[1] if f.ndim == 2 else -1 for f in feats}
-        if len(n_mels) != 1 or -1 in n_mels:
-            shapes = {item["key"]: f.shape for item, f in zip(items, feats)}
-            raise ValueError(f"BlspKdCollator: {name} must all be (T, dim) with one dim, got {shapes}")
-        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
-        padded = torch.zeros(b, int(lengths.max()), feats[0].shape[1])
-        for i, f in enumerate(feats):
-            padded[i, : f.shape[0]] = torch.from_numpy(f)
+        if "speech" in items[0]:
+            signal = self._pad_speech(items)
+        else:
+            signal = self._pad_feats(items, "encoder_out" if "encoder_out" in items[0] else "feats")
         return {
-            name: padded,
-            f"{name}_lengths": lengths,
+            **signal,
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "transcript_mask": transcript_mask,
             "response_mask": response_mask,
             "num_tokens": transcript_mask.sum(1),
         }
+
+    @staticmethod
+    def _pad_feats(items: list[dict], name: str) -> dict[str, torch.Tensor]:
+        feats = [np.asarray(item[name], dtype=np.float32) for item in items]
+        n_mels = {f.shape[1] if f.ndim == 2 else -1 for f in feats}
+        if len(n_mels) != 1 or -1 in n_mels:
+            shapes = {item["key"]: f.shape for item, f in zip(items, feats)}
+            raise ValueError(f"BlspKdCollator: {name} must all be (T, dim) with one dim, got {shapes}")
+        lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+        padded = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+        for i, f in enumerate(feats):
+            padded[i, : f.shape[0]] = torch.from_numpy(f)
+        return {name: padded, f"{name}_lengths": lengths}
+
+    @staticmethod
+    def _pad_speech(items: list[dict]) -> dict[str, torch.Tensor]:
+        speech = [np.asarray(item["speech"], dtype=np.float32) for item in items]
+        if any(x.ndim != 1 for x in speech):
+            shapes = {item["key"]: x.shape for item, x in zip(items, speech)}
+            raise ValueError(f"BlspKdCollator: speech must all be 1-D waveforms, got {shapes}")
+        lengths = [len(x) for x in speech]
+        padded = np.zeros((len(speech), max(lengths)), dtype=np.float32)  # numpy row copies: 4x torch's on a CPU
+        for i, x in enumerate(speech):
+            padded[i, : len(x)] = x
+        return {"speech": torch.from_numpy(padded), "speech_lengths": torch.tensor(lengths, dtype=torch.long)}

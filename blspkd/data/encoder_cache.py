@@ -4,7 +4,8 @@ running the encoder every epoch.
 With ``model.freeze_speech_encoder: true`` (the default) the Whisper encoder is a fixed function in eval mode, so its
 output for an utterance is the same at every epoch. ``dump_encoder_outputs`` writes them next to the log-mel features
 of a dump dir; training with ``data.encoder_cache: true`` feeds them to the adapter (``BlspKdModel.forward``'s
-``encoder_out``). Decoding keeps reading ``feats.scp`` (the log-mel), so the cache is a training-time file only.
+``encoder_out``). Decoding keeps reading the log-mel (``feats.scp``, or the audio of a ``--feats_type raw`` dump dir),
+so the cache is a training-time file only.
 
 Files (blspkd/data/feats_io.py writes the matrices):
     encoder_out.f16    float16 matrices (T' x d), T' = ceil(T / 2): 50 frames per second of speech
@@ -26,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blspkd.data.audio_dump import RawAudio, is_raw_dump
 from blspkd.data.feats_io import Fp16Matrices, load_scp, write_fp16_matrices
 from blspkd.data.kaldi_dir import read_kv
+from blspkd.data.mel import WhisperLogMel
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +83,22 @@ def dump_encoder_outputs(dump_dir: str | Path, speech_encoder: str, pad_to_30s: 
             logger.info("%s: encoder outputs of %s already complete; skipping", dump_dir, _describe(record))
             return info_path
         info_path.unlink()  # outputs of another encoder (or incomplete): rewritten below
-    feats = load_scp(dump_dir / "feats.scp")
+    # A --feats_type raw dump dir: the log-mel of its audio, computed batched on ``device``.
+    mel = WhisperLogMel.from_pretrained(speech_encoder) if is_raw_dump(dump_dir) else None
+    feats = RawAudio(dump_dir) if mel else load_scp(dump_dir / "feats.scp")
     missing = sorted(set(lengths) - set(feats))
     if missing:
-        raise ValueError(f"{dump_dir}/utt2num_frames lists {len(missing)} utterance(s) without features in feats.scp "
-                         f"(first: {missing[0]}); re-run stage 2 for this dir")
+        raise ValueError(f"{dump_dir}/utt2num_frames lists {len(missing)} utterance(s) without features in "
+                         f"{'wav.scp' if mel else 'feats.scp'} (first: {missing[0]}); re-run stage 2 for this dir")
 
     def outputs() -> Iterator[tuple[str, np.ndarray]]:
         for keys in _batches(lengths, batch_frames):
             mats = [np.array(feats[k], dtype=np.float32) for k in keys]  # writable copies for torch
             n = torch.tensor([m.shape[0] for m in mats])
-            x = torch.zeros(len(mats), int(n.max()), mats[0].shape[1])
+            x = torch.zeros(len(mats), int(n.max()), *mats[0].shape[1:])
             for i, m in enumerate(mats):
                 x[i, : m.shape[0]] = torch.from_numpy(m)
+            x, n = mel.batch(x.to(device), n.to(device)) if mel else (x, n)
             hidden, mask = encoder(x.to(device), n.to(device))
             for i, key in enumerate(keys):
                 yield key, hidden[i, : int(mask[i].sum())].float().cpu().numpy()

@@ -6,6 +6,10 @@ marker ``.completed.J`` (the settings and the shard's statistics). A shard whose
 is skipped, so re-running every job after a killed one redoes only the missing shards. ``merge_shards`` checks that
 every shard is done, writes ``<out>/feats.scp`` and ``utt2num_frames`` and the data dir's files restricted to the kept
 utterances, validates the result and writes ``<out>/.completed`` (the totals).
+
+With ``feats_type="raw"`` the shards hold 16 kHz mono audio files instead (``shards/audio.J/``, ``wav.J.scp``,
+``utt2num_samples.J``; blspkd/data/audio_dump.py) and the dump dir gets ``wav.scp`` and ``utt2num_samples``; the
+reading, the error and skip rules, the duration filter and ``utt2num_frames`` are the same.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from blspkd.data.audio import AudioReader
+from blspkd.data.audio_dump import FEATS_TYPES, write_audio
 from blspkd.data.data_dir_ops import load_tables, write_restricted
 from blspkd.data.feats_io import write_feats
 from blspkd.data.kaldi_dir import RECO_FILES, SPK_FILES, UTT_FILES, DataDirError, check_data_dir, read_kv, write_kv
@@ -29,13 +34,11 @@ from blspkd.utils.shards import MARKER, ShardError, Shards, shard_keys, write_ma
 logger = logging.getLogger(__name__)
 
 
-def shard_paths(shards: Shards, shard: int) -> dict[str, Path]:
-    return {
-        "ark": shards.dir / f"feats.{shard}.ark",
-        "scp": shards.dir / f"feats.{shard}.scp",
-        "frames": shards.file("utt2num_frames", shard),
-        "dropped": shards.file("dropped", shard),
-    }
+def shard_paths(shards: Shards, shard: int, raw: bool = False) -> dict[str, Path]:
+    """The output files of one shard: features (ark, scp), or with ``raw`` the audio index (scp) and sample counts."""
+    signal = {"scp": shards.dir / f"wav.{shard}.scp", "samples": shards.file("utt2num_samples", shard)} if raw else {
+        "ark": shards.dir / f"feats.{shard}.ark", "scp": shards.dir / f"feats.{shard}.scp"}
+    return {**signal, "frames": shards.file("utt2num_frames", shard), "dropped": shards.file("dropped", shard)}
 
 
 def _duration_filter(seconds: float, num_samples: int, mel: WhisperLogMel, min_s: float | None, max_s: float) -> str:
@@ -70,10 +73,14 @@ def extract_shard(
     max_duration: float | None = None,
     skip_bad_audio: bool = False,
     num_threads: int = 1,
+    feats_type: str = "fbank",
+    audio_format: str = "flac",
 ) -> dict:
     """Compute shard ``shard`` (1-based) of ``num_shards``; returns the shard's statistics (also in its marker)."""
     if not 1 <= shard <= num_shards:
         raise DataDirError(f"--shard {shard} is outside 1..{num_shards} (--num_shards {num_shards})")
+    if feats_type not in FEATS_TYPES:
+        raise DataDirError(f"--feats_type must be one of {', '.join(FEATS_TYPES)}, got '{feats_type}'")
     if Path(out_dir).resolve() == Path(data_dir).resolve():
         raise DataDirError(f"--out_dir must differ from --data_dir ({data_dir})")
     mel = WhisperLogMel.from_pretrained(feature_extractor)
@@ -85,8 +92,11 @@ def extract_shard(
         "n_mels": mel.n_mels, "num_shards": num_shards, "min_duration": min_duration, "max_duration": max_duration,
         "shard_inputs_sha1": _inputs_digest(data_dir, utts),  # same settings but other audio: recompute
     }
+    raw = feats_type == "raw"
+    if raw:  # fbank adds no key: shards written before raw existed stay valid
+        signature.update(feats_type=feats_type, audio_format=audio_format)
     shards = Shards(out_dir, num_shards)
-    paths = shard_paths(shards, shard)
+    paths = shard_paths(shards, shard, raw)
     previous = shards.done(shard, signature)
     if previous is not None and all(p.is_file() for p in paths.values()):
         logger.info("shard %d/%d already done (%s); skipping", shard, num_shards, shards.marker(shard))
@@ -103,8 +113,8 @@ def extract_shard(
     audio_s = 0.0
     mel_time = 0.0
 
-    def features():
-        nonlocal audio_s, mel_time
+    def kept_audio():
+        nonlocal audio_s
         bar = tqdm(reader.iter(utts), total=len(utts), desc=f"shard {shard}/{num_shards}", unit="utt",
                    mininterval=5.0, disable=None)
         for utt, wave in bar:
@@ -113,14 +123,26 @@ def extract_shard(
             if reason:
                 dropped[utt] = reason
                 continue
+            audio_s += seconds
+            yield utt, wave
+
+    def features():
+        nonlocal mel_time
+        for utt, wave in kept_audio():
             t0 = time.perf_counter()
             feats = mel(wave)
             mel_time += time.perf_counter() - t0
-            audio_s += seconds
             yield utt, feats
 
     start = time.perf_counter()
-    frames = write_feats(paths["ark"], paths["scp"], features())
+    clipped = 0
+    if raw:
+        samples, clipped = write_audio(shards.dir / f"audio.{shard}", paths["scp"], kept_audio(), audio_format,
+                                       mel.sampling_rate)
+        write_kv(paths["samples"], {k: str(v) for k, v in samples.items()})
+        frames = {k: mel.num_frames(n) for k, n in samples.items()}
+    else:
+        frames = write_feats(paths["ark"], paths["scp"], features())
     wall = time.perf_counter() - start
     for utt in utts:  # skipped unreadable audio (skip_bad_audio) is dropped too, with its reason
         if utt not in frames and utt not in dropped:
@@ -132,6 +154,7 @@ def extract_shard(
         "utterances": len(utts), "kept": len(frames), "dropped": dict(reasons),
         "audio_seconds": round(audio_s, 3), "wall_seconds": round(wall, 3), "mel_seconds": round(mel_time, 3),
         "num_threads": num_threads, "resampled": reader.stats.resampled, "downmixed": reader.stats.downmixed,
+        "clipped": clipped,
         "xrt_per_core": round(audio_s / max(wall, 1e-9) / num_threads, 1), "host": socket.gethostname(),
     }
     shards.finish(shard, signature, stats=stats)
@@ -140,6 +163,9 @@ def extract_shard(
         "(%d thread(s)); resampled %d, downmixed %d recording(s)", shard, num_shards, len(frames), len(utts), audio_s,
         wall, mel_time, stats["xrt_per_core"], num_threads, reader.stats.resampled, reader.stats.downmixed,
     )
+    if clipped:
+        logger.warning("shard %d/%d: %d utterance(s) had samples outside [-1, 1) clipped when written as 16-bit audio",
+                       shard, num_shards, clipped)
     for reason, n in sorted(reasons.items()):
         logger.info("shard %d/%d: dropped %d utterance(s): %s", shard, num_shards, n, reason)
     return stats
@@ -156,16 +182,25 @@ def merge_shards(data_dir: str | Path, out_dir: str | Path, num_shards: int) -> 
             f"DIR --num_shards {num_shards} --shard J for each missing J (stage 2 again does exactly that)")]
     except ShardError as e:
         raise DataDirError(str(e)) from None
+    raw = shards.signature().get("feats_type") == "raw"
     feats: dict[str, str] = {}
     frames: dict[str, str] = {}
+    samples: dict[str, str] = {}
     dropped: Counter = Counter()
     for j in range(1, num_shards + 1):
-        p = shard_paths(shards, j)
+        p = shard_paths(shards, j, raw)
         feats.update(read_kv(p["scp"]) if p["scp"].stat().st_size else {})
         frames.update(read_kv(p["frames"]) if p["frames"].stat().st_size else {})
+        samples.update(read_kv(p["samples"]) if raw and p["samples"].stat().st_size else {})
         dropped.update(read_kv(p["dropped"]).values() if p["dropped"].stat().st_size else [])
     tables = load_tables(data_dir)
-    tables["feats.scp"] = feats
+    if raw:  # one audio file per utterance: the recordings' tables no longer apply
+        for name in ("segments", "reco2dur", "reco2file_and_channel"):
+            tables.pop(name, None)
+        tables["wav.scp"] = feats
+        tables["utt2num_samples"] = samples
+    else:
+        tables["feats.scp"] = feats
     tables["utt2num_frames"] = frames
     for name in (*UTT_FILES, *RECO_FILES, *SPK_FILES):  # files of an earlier merge that the source no longer has
         if name not in tables and name != "spk2utt":

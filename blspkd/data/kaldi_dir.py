@@ -22,12 +22,12 @@ from pathlib import Path
 # combine/split carry it along.
 UTT_FILES = (
     "text", "utt2spk", "segments", "feats.scp", "utt2num_frames", "utt2dur", "utt2lang", "utt2num_tokens",
-    "instruction", "response", "continuation", "translation",
+    "instruction", "response", "continuation", "translation", "utt2num_samples",
 )
 RECO_FILES = ("wav.scp", "reco2dur", "reco2file_and_channel")
 SPK_FILES = ("spk2utt", "spk2gender")
 # Files whose value must be a single positive integer / a non-negative number.
-INT_FILES = ("utt2num_frames", "utt2num_tokens")
+INT_FILES = ("utt2num_frames", "utt2num_tokens", "utt2num_samples")
 FLOAT_FILES = ("utt2dur", "reco2dur")
 MAX_ERRORS = 50
 _UMASK = os.umask(0)

@@ -14,6 +14,11 @@ taken over the padded array (the zeros only add E = -10 frames, so the maximum i
 whose 400-sample window lies inside x is identical. We never pad (the encoder runs on the real length, see
 doc/method.md §2), so we match the unpadded call exactly. Output is returned as (T, n_mels) float32, the Kaldi
 feature layout.
+
+``batch(speech, lengths)`` computes the same features for a zero-padded batch of waveforms on the batch's device (the
+GPU for ``--feats_type raw``, doc/method.md §2): each row is reflect-padded by n_fft/2 at its own end (not the batch's),
+the STFT runs without centering, and the clamp maximum is taken per row over its own T_b = L_b // 160 frames, so row b
+equals ``__call__`` on its first L_b samples up to float rounding; frames past T_b are zero, as the collator pads.
 """
 from __future__ import annotations
 
@@ -46,7 +51,11 @@ class WhisperLogMel:
                 f"{path}/preprocessor_config.json not found: --feature_extractor must be a Whisper model dir saved "
                 "with save_pretrained (e.g. the output of python -m blspkd.bin.prepare_pretrained)"
             )
-        fe = WhisperFeatureExtractor.from_pretrained(str(path), local_files_only=True)
+        return cls.from_extractor(WhisperFeatureExtractor.from_pretrained(str(path), local_files_only=True))
+
+    @classmethod
+    def from_extractor(cls, fe) -> WhisperLogMel:
+        """From a loaded ``WhisperFeatureExtractor`` (e.g. a model's ``feature_extractor``)."""
         return cls(fe.mel_filters, fe.sampling_rate, fe.n_fft, fe.hop_length, fe.dither, fe.chunk_length)
 
     @property
@@ -78,3 +87,49 @@ class WhisperLogMel:
             log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
             log_spec = (log_spec + 4.0) / 4.0
         return log_spec.T.contiguous().numpy()
+
+    def batch(self, speech: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) zero-padded float waveforms and their (B,) lengths -> (B, T, n_mels) float32 log-mel, zero past each
+        row's T_b = L_b // hop frames, and the (B,) T_b; computed in float32 on ``speech.device``."""
+        if speech.ndim != 2 or lengths.shape != speech.shape[:1]:
+            raise ValueError(f"expected (B, L) waveforms and (B,) lengths, got {tuple(speech.shape)} and "
+                             f"{tuple(lengths.shape)}")
+        short = int(lengths.min()) if len(lengths) else 0
+        if short < self.min_samples:
+            raise ValueError(f"waveform of {short} samples is too short; at least {self.min_samples} are needed")
+        device = speech.device
+        x = speech.float()
+        lengths = lengths.to(device)
+        half = self.n_fft // 2
+        # Reflect padding of each row at its own ends: x[half..1] before it, x[L-2..L-1-half] right after sample L-1.
+        padded = torch.nn.functional.pad(x, (half, half))
+        padded[:, :half] = x[:, 1: half + 1].flip(1)
+        j = torch.arange(half, device=device).unsqueeze(0)
+        ends = lengths.unsqueeze(1)
+        padded.scatter_(1, ends + half + j, torch.gather(x, 1, ends - 2 - j))
+        if self.dither != 0.0:
+            padded = padded + self.dither * torch.randn_like(padded)
+        num_frames = lengths // self.hop_length
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            stft = torch.stft(padded, self.n_fft, self.hop_length, window=self.window.to(device), center=False,
+                              return_complex=True)
+            stft = stft[..., : x.shape[1] // self.hop_length]
+            power = stft.real.square() + stft.imag.square()  # (B, freq, T); 3x faster than abs() ** 2 on a CPU
+            mel = torch.matmul(self.mel_filters.to(device).T, power)  # (B, n_mels, T)
+            log_spec = torch.clamp(mel, min=1e-10).log10()
+            valid = torch.arange(log_spec.shape[2], device=device).unsqueeze(0) < num_frames.unsqueeze(1)  # (B, T)
+            peak = log_spec.masked_fill(~valid.unsqueeze(1), float("-inf")).amax(dim=(1, 2), keepdim=True)
+            log_spec = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+            log_spec = log_spec.masked_fill(~valid.unsqueeze(1), 0.0)
+        return log_spec.transpose(1, 2).contiguous(), num_frames
+
+
+def speech_to_feats(batch: dict, mel: WhisperLogMel) -> dict:
+    """A collated batch with raw audio (``speech``, ``speech_lengths``, from a ``--feats_type raw`` dump dir) turned
+    into the model's ``feats``/``feats_lengths``, computed where ``speech`` lies; a batch of features is returned as
+    it is."""
+    if "speech" not in batch:
+        return batch
+    out = {k: v for k, v in batch.items() if k not in ("speech", "speech_lengths")}
+    out["feats"], out["feats_lengths"] = mel.batch(batch["speech"], batch["speech_lengths"])
+    return out

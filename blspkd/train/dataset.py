@@ -6,6 +6,10 @@ tasks need. Each example is one (utterance, task) pair; the task registry (blspk
 the response.
 An utterance that lacks what every task needs (e.g. no continuation because stage 3 filtered a refusal) is skipped and
 counted in the log, never silently.
+
+A raw dump dir (stage 2 with ``--feats_type raw``: ``wav.scp`` + ``utt2num_samples`` instead of ``feats.scp``) gives
+examples with ``speech`` (16 kHz float32 samples) instead of ``feats``; the trainer computes their log-mel on its
+device (blspkd/data/audio_dump.py).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blspkd.data.audio_dump import RawAudio, is_raw_dump
 from blspkd.data.feats_io import load_scp
 from blspkd.data.kaldi_dir import read_kv
 from blspkd.tasks import TASKS, Task, fixed_instruction, get_task, truncated_file
@@ -23,6 +28,8 @@ from blspkd.train.config import TaskConfig
 from blspkd.utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
+# The dump-dir file each kind of example input comes from (raw audio, log-mel features, cached encoder outputs).
+SOURCE_FILE = {"speech": "wav.scp", "feats": "feats.scp", "encoder_out": "encoder_out.scp"}
 
 def optional_files() -> list[str]:
     """Per-utterance files the registered tasks may read, and the teacher's truncation flags of their responses."""
@@ -46,18 +53,20 @@ class DumpDir:
     num_frames: dict[str, int]
     extra: dict[str, dict[str, str]]
     encoder_out: object = None  # lazy Mapping[str, np.ndarray] of cached encoder outputs (data.encoder_cache)
+    raw: bool = False  # feats maps to waveforms (a --feats_type raw dump dir)
 
     @classmethod
     def load(cls, path: str | Path) -> DumpDir:
         path = Path(path)
-        for name in ("feats.scp", "text", "utt2num_frames"):
+        raw = is_raw_dump(path)
+        for name in ("wav.scp" if raw else "feats.scp", "text", "utt2num_frames"):
             if not (path / name).is_file():
                 raise FileNotFoundError(
                     f"{path / name} is missing: {path} is not a complete stage-2 dump dir (run stage 2 of the recipe)"
                 )
         text = read_kv(path / "text")
         num_frames = {k: int(v) for k, v in read_kv(path / "utt2num_frames").items()}
-        feats = load_scp(path / "feats.scp")
+        feats = RawAudio(path) if raw else load_scp(path / "feats.scp")
         missing = sorted(set(text) - set(num_frames))
         if missing:
             raise ValueError(
@@ -66,7 +75,7 @@ class DumpDir:
                 "re-run stage 2 on this dir"
             )
         extra = {name: read_kv(path / name) for name in optional_files() if (path / name).is_file()}
-        return cls(path, feats, text, num_frames, extra)
+        return cls(path, feats, text, num_frames, extra, raw=raw)
 
     def num_tokens(self) -> dict[str, int]:
         if "utt2num_tokens" not in self.extra:
@@ -91,6 +100,10 @@ class TrainingData:
         self.registry = [get_task(t.kind) for t in tasks]
         self.instructions = [task_instruction(t) for t in tasks]
         self.dirs = [DumpDir.load(d) for d in dirs]
+        if len({d.raw for d in self.dirs}) > 1:  # a batch holds either features or waveforms
+            raise ConfigError("data: dump dirs of both feature types in one set: "
+                              + ", ".join(f"{d.path} ({'raw' if d.raw else 'fbank'})" for d in self.dirs)
+                              + "; run stage 2 of every dir with the same --feats_type")
         if encoder is not None:
             from blspkd.data.encoder_cache import load_encoder_outputs
 
@@ -139,13 +152,13 @@ class TrainingData:
         di, key, ti = example
         d = self.dirs[di]
         task = self.registry[ti]
-        name, source = ("feats", d.feats) if d.encoder_out is None else ("encoder_out", d.encoder_out)
+        name, source = ("speech" if d.raw else "feats", d.feats) if d.encoder_out is None else ("encoder_out",
+                                                                                              d.encoder_out)
         feats = np.array(source[key], dtype=np.float32)  # a writable copy (kaldiio may hand out read-only views)
         if not np.isfinite(feats).all():
             raise ValueError(
-                f"{d.path / ('feats.scp' if name == 'feats' else 'encoder_out.scp')}: utterance {key} has non-finite "
-                "feature values (NaN/inf); re-run stage 2 for this dir or remove the utterance "
-                "(utils/subset_data_dir.sh / fix_data_dir.sh)"
+                f"{d.path / SOURCE_FILE[name]}: utterance {key} has non-finite feature values (NaN/inf); re-run "
+                "stage 2 for this dir or remove the utterance (utils/subset_data_dir.sh / fix_data_dir.sh)"
             )
         item = {"key": key, name: feats, "text": d.text[key]}
         instruction = self.instructions[ti]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from blspkd.data.mel import WhisperLogMel, speech_to_feats
 from blspkd.train import checkpoint as ckpt
 from blspkd.train import distributed as D
 from blspkd.train.config import TrainConfig, check_init_from
@@ -116,6 +117,7 @@ class Trainer:
                 raise ConfigError("gradient_checkpointing: this model has no gradient_checkpointing_enable()")
             self.module.gradient_checkpointing_enable()
         self.collate = collator_builder(self.module)
+        self.log_mel: WhisperLogMel | None = None  # built from the model's feature extractor when raw audio comes
         encoder = self._encoder_record() if cfg.data.encoder_cache else None
         self.train_data = TrainingData([d.path for d in cfg.data.train], cfg.data.tasks, cfg.data.batch_type, encoder)
         self.sampler = BucketBatchSampler(
@@ -277,7 +279,13 @@ class Trainer:
         return {**self.collate(items), "keys": [it["key"] for it in items]}
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        """The batch on the model's device; raw audio (a --feats_type raw dump dir) becomes the log-mel there."""
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if "speech" not in batch:
+            return batch
+        if self.log_mel is None:
+            self.log_mel = WhisperLogMel.from_extractor(self.module.feature_extractor)
+        return speech_to_feats(batch, self.log_mel)
 
     def _forward(self, batch: dict) -> dict:
         ctx = (
@@ -466,15 +474,11 @@ class Trainer:
             return
         data = self.valid_data
         items = [data[x] for x in data.all_examples()[:n]]
-        name = "encoder_out" if "encoder_out" in items[0] else "feats"  # data.encoder_cache: the cached outputs
-        lengths = torch.tensor([it[name].shape[0] for it in items])
-        feats = torch.zeros(len(items), int(lengths.max()), items[0][name].shape[1])
-        for i, it in enumerate(items):
-            feats[i, : lengths[i]] = torch.from_numpy(it[name])
+        batch = self._to_device(self.collate(items))  # raw audio: the log-mel computed on the device
+        name = "encoder_out" if "encoder_out" in batch else "feats"  # data.encoder_cache: the cached outputs
         instructions = [it.get("instruction") for it in items]
         model = self.model if self._fsdp() else self.module
-        speech = {"feats": None, "feats_lengths": None, name: feats.to(self.device),
-                  f"{name}_lengths": lengths.to(self.device)}
+        speech = {"feats": None, "feats_lengths": None, name: batch[name], f"{name}_lengths": batch[f"{name}_lengths"]}
         hyps = model.generate(**speech, instructions=instructions if any(instructions) else None, max_new_tokens=64)
         if self.is_main:
             for it, hyp in zip(items, hyps):

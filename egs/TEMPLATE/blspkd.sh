@@ -11,6 +11,7 @@
 #   0  recipe-local setup: local/setup.sh, if present (e.g. prepare pretrained models)   -> downloads/, model dirs
 #   1  data preparation: local/data.sh, then every data dir is validated               -> data/<set>/
 #   2  features: Whisper log-mel, sharded over --nj jobs through ${train_cmd}            -> ${dumpdir}/<set>/feats.scp
+#                (--feats_type raw: validated 16 kHz mono audio files instead              -> ${dumpdir}/<set>/wav.scp)
 #   3  teacher data: transcript token counts, LLM continuations/answers                 -> ${dumpdir}/<set>/...
 #   4  KD pretraining (CIF adapter, PLoRA)                                               -> ${expdir}/<tag>/
 #   5  instruction tuning (PLoRA + adapter)                                              -> ${expdir}/<tag>/
@@ -73,6 +74,8 @@ local_setup_opts=""     # options passed to local/setup.sh (stage 0)
 local_data_opts=""      # options passed to local/data.sh (stage 1)
 min_duration=0.1        # seconds; shorter train/valid utterances are dropped in stage 2 (test sets are kept whole)
 max_duration=30.0       # seconds; longer train/valid utterances are dropped in stage 2 (Whisper's window is 30 s)
+feats_type=fbank        # stage 2: fbank = dump the Whisper log-mel; raw = dump 16 kHz mono FLAC and compute the log-mel
+                        # on the training/decoding device (less disk, README.md "Disk and time per 100 h"; large corpora)
 feats_args=""           # extra options for python -m blspkd.bin.extract_feats
 encoder_cache=false     # stage 2 also writes the frozen encoder's outputs of train/valid sets (for data.encoder_cache)
 encoder_cache_args=""   # extra options for python -m blspkd.bin.dump_encoder_outputs (e.g. --pad_to_30s true)
@@ -282,6 +285,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
     [ -n "${speech_encoder}" ] || die "stage 2 needs --speech_encoder (a Whisper model directory)"
     [ -f "${speech_encoder}/preprocessor_config.json" ] || die "stage 2: ${speech_encoder}/preprocessor_config.json" \
         "not found: --speech_encoder must be a local Whisper model directory (run stage 0, or convert one)"
+    case "${feats_type}" in fbank|raw) ;; *) die "--feats_type must be fbank or raw, got '${feats_type}'" ;; esac
     write_stage_script "${dumpdir}/run_stage2.sh" 2
     for dset in ${sets}; do
         src=data/${dset}
@@ -296,6 +300,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
             filter_opts="--min_duration ${min_duration} --max_duration ${max_duration}"
         fi
         signature="extractor=$(cd "${speech_encoder}" && pwd) nj=${_nj} ${filter_opts} ${feats_args}"
+        [ "${feats_type}" = fbank ] || signature+=" feats_type=${feats_type}"  # fbank dumps of before stay valid
         signature+=" | $(cat "${src}/wav.scp" "${src}/text" | md5sum | cut -d' ' -f1)"
         if stage_done "${out}" 2 "${signature}"; then
             log "stage 2: ${out} already complete with the same options; skipping (--force true redoes it)"
@@ -312,13 +317,15 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && stage_requested 2; then
         # shellcheck disable=SC2086
         ${train_cmd} JOB=1:"${_nj}" "${out}/log/extract.JOB.log" \
             python -m blspkd.bin.extract_feats --data_dir "${src}" --out_dir "${out}" \
-                --feature_extractor "${speech_encoder}" --num_shards "${_nj}" --shard JOB ${filter_opts} ${feats_args}
+                --feature_extractor "${speech_encoder}" --num_shards "${_nj}" --shard JOB --feats_type "${feats_type}" \
+                ${filter_opts} ${feats_args}
         python -m blspkd.bin.extract_feats --data_dir "${src}" --out_dir "${out}" --num_shards "${_nj}" --merge true \
             2>&1 | tee "${out}/log/merge.log"
         utils/validate_data_dir.sh "${out}"
         [ -f "${out}/.completed" ] || die "stage 2: extract_feats --merge did not write ${out}/.completed; see ${out}/log/merge.log"
         mark_stage_done "${out}" 2 "${signature}"
-        log "stage 2: ${out}: $(wc -l < "${out}/feats.scp") of ${num_utts} utterances kept, $((SECONDS - start)) s"
+        log "stage 2: ${out}: $(wc -l < "${out}/utt2num_frames") of ${num_utts} utterances kept (${feats_type})," \
+            "$((SECONDS - start)) s"
     done
     if ${encoder_cache}; then
         # Training reads these instead of running the frozen encoder every epoch (blspkd/data/encoder_cache.py);

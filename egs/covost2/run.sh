@@ -44,6 +44,7 @@ BLSPKD_PROG=$0 ./blspkd.sh \
     --ngpu 8 \
     --nj 32 \
     --max_duration 30.0 \
+    --feats_type raw \
     --pretrain_config "exp/conf/pretrain_en_${tgt_lang}.yaml" \
     --finetune_config "exp/conf/finetune_en_${tgt_lang}.yaml" \
     --decode_config "exp/conf/decode_en_${tgt_lang}.yaml" \

@@ -31,6 +31,7 @@ BLSPKD_PROG=$0 ./blspkd.sh \
     --ngpu 8 \
     --nj 32 \
     --max_duration 30.0 \
+    --feats_type raw \
     --pretrain_config conf/pretrain.yaml \
     --finetune_config conf/finetune.yaml \
     --decode_config conf/decode.yaml \
