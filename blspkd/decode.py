@@ -54,6 +54,7 @@ class DecodeError(RuntimeError):
 
 
 MODEL_FILES = ("config.json", "model.safetensors")
+MAX_BEAMS = 64
 
 
 @dataclass
@@ -94,6 +95,14 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise FileNotFoundError(f"model directory not found: {path}")
     for candidate in (path, path / "model"):
         if all((candidate / name).is_file() for name in MODEL_FILES):
+            try:
+                model_type = json.loads((candidate / "config.json").read_text(encoding="utf-8")).get("model_type")
+            except (UnicodeDecodeError, ValueError, AttributeError) as e:
+                raise DecodeError(f"{candidate}/config.json is not a JSON object ({e}): the model directory is "
+                                  "damaged; re-run the training (or export) that wrote it") from None
+            if model_type != "blspkd":
+                raise DecodeError(f"{candidate}/config.json has model_type {model_type!r}, not 'blspkd': not a "
+                                  "BLSP-KD model directory")
             return candidate
     hint = (" (training has checkpoints but has not finished: run the training stage to the end)"
             if (path / "checkpoints").is_dir() else "")
@@ -127,6 +136,8 @@ def generation_kwargs(cfg) -> dict:
     """transformers ``generate`` arguments of a DecodeConfig (or anything with the same fields)."""
     if cfg.num_beams < 1 or cfg.max_new_tokens < 1:
         raise ConfigError(f"num_beams and max_new_tokens must be >= 1 (got {cfg.num_beams}, {cfg.max_new_tokens})")
+    if cfg.num_beams > MAX_BEAMS:  # each beam holds its own KV cache: thousands of beams exhaust any memory
+        raise ConfigError(f"num_beams must be at most {MAX_BEAMS}, got {cfg.num_beams}")
     kwargs = {"max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams, "do_sample": False,
               "repetition_penalty": cfg.repetition_penalty, "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
               # the LLM's own generation_config may carry sampling settings; decoding here is deterministic

@@ -23,6 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
+from blspkd.data.kaldi_dir import read_utf8
 from blspkd.decode import resolve_model_dir
 from blspkd.scoring.scorer import package_versions, sha256_file
 
@@ -47,7 +48,7 @@ def resolve_base(path: str, model_dir: Path) -> Path:
 
 def results_section(results_md: Path) -> str | None:
     """The results table of a RESULTS.md written by stage 7 (its "## Results" section)."""
-    text = results_md.read_text(encoding="utf-8")
+    text = read_utf8(results_md)
     if "## Results" not in text:
         return None
     section = text.split("## Results", 1)[1].split("\n## ", 1)[0]
@@ -120,11 +121,33 @@ def export_model(model_dir: str | Path, out_dir: str | Path, copy_base: bool = T
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise ExportError(f"export directory {out} must not be the model directory {src} or inside it")
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    bases = {name: resolve_base(config[name] or "", src) for name in BASE_DIRS}
+    bases = {name: resolve_base(config.get(name) or "", src) for name in BASE_DIRS}
+    results = None  # read before anything is written: a bad RESULTS.md leaves no partial export
+    if results_md is not None:
+        if Path(results_md).is_file():
+            results = results_section(Path(results_md))
+        else:
+            logger.warning("%s not found; the model card has no results table (run stage 7 first)", results_md)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     t0 = time.time()
+    try:
+        _write_export(src, tmp, config, bases, copy_base, results)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written export is left behind
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    logger.info("exported %s to %s (%s base models, %.1f MB, %.1f s)", src, out,
+                "with copies of the" if copy_base else "referencing the", size / 1e6, time.time() - t0)
+    return out
+
+
+def _write_export(src: Path, tmp: Path, config: dict, bases: dict[str, Path], copy_base: bool,
+                  results: str | None) -> None:
     # A model dir saved by save_pretrained is flat; an export being re-exported also has base/ (handled below).
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("base", "README.md", "export_info.json", ".*"))
     info = {
@@ -145,17 +168,4 @@ def export_model(model_dir: str | Path, out_dir: str | Path, copy_base: bool = T
         info["base_models"][name] = {"source": str(path), "in_config": config[name]}
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (tmp / "export_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    results = None
-    if results_md is not None:
-        if Path(results_md).is_file():
-            results = results_section(Path(results_md))
-        else:
-            logger.warning("%s not found; the model card has no results table (run stage 7 first)", results_md)
     (tmp / "README.md").write_text(model_card(config, info, results), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    logger.info("exported %s to %s (%s base models, %.1f MB, %.1f s)", src, out,
-                "with copies of the" if copy_base else "referencing the", size / 1e6, time.time() - t0)
-    return out

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from blspkd import tasks
-from blspkd.data.kaldi_dir import read_kv, write_kv
+from blspkd.data.kaldi_dir import DataDirError, read_kv, write_kv
 from blspkd.data.prompts import CHAT_DATE, ChatFraming
 from blspkd.utils.config import ConfigError, load_yaml
 from blspkd.utils.shards import MARKER, ShardError, Shards, shard_keys, write_marker
@@ -112,7 +112,8 @@ def write_utt2num_tokens(dump_dir: str | Path, tokenizer) -> dict[str, int]:
     counts = count_tokens(tokenizer, read_kv(dump_dir / "text"))
     empty = [k for k, n in counts.items() if n == 0]
     if empty:
-        raise ValueError(f"{dump_dir / 'text'}: {len(empty)} empty transcript(s) (first: {empty[0]}); fix the data dir")
+        raise DataDirError(f"{dump_dir / 'text'}: {len(empty)} empty transcript(s) (first: {empty[0]!r}). Fix: give "
+                           f"them a transcript, or drop them (utils/fix_data_dir.sh) and re-run stage 2")
     write_kv(dump_dir / "utt2num_tokens", {k: str(n) for k, n in counts.items()})
     logger.info("%s: wrote utt2num_tokens for %d utterances (mean %.1f tokens, max %d)", dump_dir, len(counts),
                 sum(counts.values()) / max(len(counts), 1), max(counts.values(), default=0))

@@ -1,5 +1,6 @@
 """The strict YAML + command-line configuration (blspkd.utils.config)."""
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
@@ -145,3 +146,41 @@ def test_sections_merge_whole_sections_replace_and_optional_sections_turn_on(tmp
         parse_config(Model, ["--lora", "{rr: 4}"])
     with pytest.raises(ConfigError, match=r"unknown key 'weights\.c'"):
         parse_config(Model, ["--weights.c", "1"])
+
+# ------------------------------------------------------------------------------------------ the CLI dialect of bin/
+ENTRY_POINTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "blspkd/bin").glob("*.py")
+                      if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_entry_point_speaks_one_dialect(module, capsys):
+    """A usage mistake: exit 2 and one '<prog>: error:' line, no traceback; --help: the Usage block first, exit 0,
+    no blank line inside the option list."""
+    import importlib
+
+    main = importlib.import_module(f"blspkd.bin.{module}").main
+    assert main(["--no_such_option", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m blspkd.bin.{module}: error: ") and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "Usage:" in out.split("\n\n")[1] or "Usage:" in out.split("\n\n")[2]
+    options = out.split("options:\n", 1)[1].split("\n\nEvery key can be set")[0]
+    assert "\n\n  --" not in options  # argparse groups are separated, options are not
+    spelled = {w.rstrip(",") for w in options.split() if w.startswith("--")}
+    assert {w.replace("_", "-") for w in spelled} <= spelled  # every --foo_bar also as --foo-bar
+
+
+def test_internal_errors_exit_3_with_the_traceback(capsys):
+    from blspkd.bin._args import cli
+
+    @cli
+    def main(argv=None):
+        raise KeyError("a bug")
+
+    assert main([]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "raise KeyError" in err
+    assert err.rstrip().splitlines()[-1].startswith(f"python -m {__name__}: internal error: KeyError: 'a bug' (a bug")

@@ -104,18 +104,20 @@ def test_unreadable_audio_errors_name_the_file(tiny_model_dir, tmp_path, capsys)
     bad.write_text("this is not audio\n")
     assert infer.main(["--model", str(tiny_model_dir), "--audio", str(bad)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: cannot read audio file {bad}: neither soundfile nor ffmpeg can decode it "
+    assert err.startswith(f"python -m blspkd.bin.infer: error: cannot read audio file {bad}: neither soundfile nor "
+                          "ffmpeg can decode it "
                           f"(cannot decode file {bad}: ")
     missing = tmp_path / "missing.flac"
     assert infer.main(["--model", str(tiny_model_dir), "--audio", str(missing)]) == 1
-    assert capsys.readouterr().err == f"error: cannot read audio file {missing}: file not found\n"
+    assert capsys.readouterr().err == (f"python -m blspkd.bin.infer: error: cannot read audio file {missing}: file not "
+                                       "found\n")
     long = tmp_path / "long.wav"
     sf.write(long, np.zeros(16000 * 31, dtype=np.float32), 16000)
     assert infer.main(["--model", str(tiny_model_dir), "--audio", str(long)]) == 1
-    assert capsys.readouterr().err.startswith(f"error: audio file {long} lasts 31.0 s, longer than the 30 s the "
-                                              "Whisper encoder takes; split it")
+    assert capsys.readouterr().err.startswith(f"python -m blspkd.bin.infer: error: audio file {long} lasts 31.0 s, "
+                                              "longer than the 30 s the Whisper encoder takes; split it")
     assert infer.main(["--model", str(tmp_path), "--audio", str(bad)]) == 1
-    assert f"error: {tmp_path} is not a BLSP-KD model" in capsys.readouterr().err
+    assert f"python -m blspkd.bin.infer: error: {tmp_path} is not a BLSP-KD model" in capsys.readouterr().err
 
 
 def test_export_round_trip_decodes_identically(model, tiny_model_dir, decode_dump_dir, tmp_path, wav_22k, capsys):

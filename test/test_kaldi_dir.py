@@ -112,7 +112,8 @@ DEFECTS = {
         {"text": b"spkA-u1 HELLO WORLD\nspkA-u2 CAF\xe9\nspkB-u3 SEE YOU\nspkB-u4 THANK YOU\n"},
         ["{d}/text:2: not valid UTF-8 (byte 11: b'\\xe9'). Fix: re-encode the file as UTF-8 "
          "(e.g. iconv -f latin1 -t utf-8 {d}/text)",
-         "{d}/text: 1 utterance(s) of utt2spk missing: 'spkA-u2'. Fix: " + FIX],
+         "{d}/text: 1 utterance(s) of utt2spk missing: 'spkA-u2'. Fix: first correct the lines with invisible or "
+         "control characters or bad encoding, then validate again"],  # fix_data_dir would drop spkA-u2
     ),
     "crlf": (
         {"utt2spk": BASE["utt2spk"].replace("\n", "\r\n")},
@@ -199,8 +200,8 @@ def test_fix_refuses_non_utf8(tmp_path):
     with pytest.raises(DataDirError) as e:
         fix_data_dir(d)
     assert str(e.value) == (
-        f"{d}/text:1: not valid UTF-8 (1 line(s)); fix_data_dir cannot guess the encoding. Fix: re-encode the file "
-        f"(e.g. iconv -f latin1 -t utf-8 {d}/text)"
+        f"{d}/text:1: not valid UTF-8 (byte 11: b'\\xe9') (1 such line(s)); fix_data_dir does not drop utterances for "
+        f"this. Fix: re-encode the file (e.g. iconv -f latin1 -t utf-8 {d}/text)"
     )
 
 
@@ -242,13 +243,13 @@ def test_combine_and_duplicate_error(tmp_path):
     b = tmp_path / "b"
     from fixtures.audio import write_data_dir
 
-    write_data_dir(b, {"t-u1": "/b/1.wav"}, {"t-u1": "HI"}, {"t-u1": "s1"})
-    write_kv(b / "instruction", {"t-u1": "Say it."})
+    write_data_dir(b, {"s1-t1": "/b/1.wav"}, {"s1-t1": "HI"}, {"s1-t1": "s1"})
+    write_kv(b / "instruction", {"s1-t1": "Say it."})
     n = combine_data(tmp_path / "all", [a, b])
     assert n == 4
     c = tmp_path / "all"
     assert validate_data_dir(c) == []
-    assert read_kv(c / "spk2utt") == {"s0": "s0-u0 s0-u1", "s1": "s1-u0 t-u1"}
+    assert read_kv(c / "spk2utt") == {"s0": "s0-u0 s0-u1", "s1": "s1-t1 s1-u0"}
     assert not (c / "spk2gender").exists()  # only source a has it: skipped with a warning
     with pytest.raises(DataDirError) as e:
         combine_data(tmp_path / "dup", [a, b, a])

@@ -340,7 +340,8 @@ def test_cli_errors_are_one_clear_line(decode_tree, capsys, monkeypatch):
     _write(root / "short_hyp.txt", ["u1 the cat"])
     assert score_cli.main(["--ref", "data/test/text", "--hyp", "short_hyp.txt", "--out_dir", "out"]) == 1
     err = capsys.readouterr().err
-    assert "ERROR: keys differ: 2 reference keys have no hypothesis in short_hyp.txt: u2, u3." in err
+    assert err.startswith("python -m blspkd.bin.score: error: keys differ: 2 reference keys have no hypothesis in "
+                          "short_hyp.txt: u2, u3.")
     assert "Traceback" not in err and not (root / "out").exists()
     assert score_cli.main(
         ["--ref", "data/test/text", "--hyp", "short_hyp.txt", "--out_dir", "out", "--allow_missing"]

@@ -350,7 +350,9 @@ def test_non_finite_features_are_an_error_naming_file_and_key(tmp_path):
     write_feats(d / "feats.ark", d / "feats.scp", sorted(feats.items()))
     data = TrainingData([d], [TaskConfig()])
     assert data[(0, "spk1-utt001", 0)]["feats"].flags.writeable
-    with pytest.raises(ValueError, match=r"nan/feats.scp: utterance spk0-utt000 has non-finite feature values"):
+    with pytest.raises(ValueError, match=r"nan/feats.scp:1: utterance 'spk0-utt000': 1 of 9200 feature values are "
+                                         r"not finite \(NaN/inf\)\. Fix: re-run stage 2 for this dir \(it refuses or "
+                                         r"drops audio with non-finite samples\)"):
         data[(0, "spk0-utt000", 0)]
 
 

@@ -33,7 +33,7 @@ torch_pin=${TORCH_SPEC%% *}
 PY_PKGS=(
   "transformers>=5,<6" "peft>=0.17,<0.22" "safetensors" "accelerate"
   "kaldiio==2.18.1" "sentencepiece>=0.2" "sacrebleu>=2.4" "jiwer>=3" "soundfile" "gguf" "pyyaml" "tqdm"
-  "tensorboard" "matplotlib" "pytest" "pytest-timeout" "ruff"
+  "tensorboard" "matplotlib" "pytest" "pytest-timeout" "ruff" "hypothesis"
   "fastapi" "uvicorn" "openai" "httpx" "selenium"
 )
 # espnet pins setuptools<74 (clashes with torch's setuptools>=77): install it without dependencies, naming what its

@@ -10,14 +10,15 @@ value). Files only some sources have are skipped with a warning; segments must b
 from __future__ import annotations
 
 import argparse
+import sys
 
-from blspkd.bin._args import run_main
+from blspkd.bin._args import ArgumentParser, cli
 from blspkd.utils.logging import setup_logging
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blspkd.bin.combine_data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("python -m blspkd.bin.combine_data", __doc__)
     p.add_argument("dst")
     p.add_argument("srcs", nargs="+")
     p.add_argument("--extra-files", "--extra_files", default="", help=argparse.SUPPRESS)  # Kaldi option: all are kept
@@ -30,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(main())

@@ -23,22 +23,19 @@ from __future__ import annotations
 
 import sys
 
-from blspkd.data.kaldi_dir import DataDirError
-from blspkd.decode import DecodeConfig, DecodeError, run
-from blspkd.utils.config import ConfigError, parse_config
+from blspkd.bin._args import cli
+from blspkd.decode import DecodeConfig, run
+from blspkd.utils.config import parse_config
 from blspkd.utils.logging import setup_logging
 
 __all__ = ["DecodeConfig", "main"]
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_config(DecodeConfig, argv, prog="python -m blspkd.bin.decode", description=__doc__)
-        setup_logging(cfg.log_level)
-        run(cfg)
-    except (ConfigError, DataDirError, DecodeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+    cfg = parse_config(DecodeConfig, argv, prog="python -m blspkd.bin.decode", description=__doc__)
+    setup_logging(cfg.log_level)
+    run(cfg)
     return 0
 
 

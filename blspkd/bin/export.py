@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from blspkd.export import ExportError, export_model
+from blspkd.bin._args import cli
+from blspkd.export import export_model
 from blspkd.utils.config import ConfigError, parse_config
 from blspkd.utils.logging import setup_logging
 
@@ -28,16 +29,13 @@ class ExportConfig:
     log_level: str = "INFO"
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_config(ExportConfig, argv, prog="python -m blspkd.bin.export", description=__doc__)
-        if not cfg.model_dir or not cfg.out_dir:
-            raise ConfigError("--model_dir and --out_dir are required")
-        setup_logging(cfg.log_level)
-        export_model(cfg.model_dir, cfg.out_dir, cfg.copy_base, cfg.results_md)
-    except (ConfigError, ExportError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+    cfg = parse_config(ExportConfig, argv, prog="python -m blspkd.bin.export", description=__doc__)
+    if not cfg.model_dir or not cfg.out_dir:
+        raise ConfigError("--model_dir and --out_dir are required")
+    setup_logging(cfg.log_level)
+    export_model(cfg.model_dir, cfg.out_dir, cfg.copy_base, cfg.results_md)
     return 0
 
 

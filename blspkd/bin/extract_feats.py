@@ -21,8 +21,9 @@ computes the log-mel on its device (blspkd/data/audio_dump.py). Options accept '
 from __future__ import annotations
 
 import argparse
+import sys
 
-from blspkd.bin._args import opt, run_main
+from blspkd.bin._args import ArgumentParser, cli, opt
 from blspkd.utils.logging import setup_logging
 
 
@@ -33,10 +34,7 @@ def _bool(value: str) -> bool:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m blspkd.bin.extract_feats", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = ArgumentParser("python -m blspkd.bin.extract_feats", __doc__)
     p.add_argument(*opt("data_dir"), dest="data_dir", required=True,
                    help="Kaldi data dir (wav.scp, text, utt2spk, ...)")
     p.add_argument(*opt("out_dir"), dest="out_dir", required=True, help="dump dir to write (e.g. dump/train)")
@@ -62,6 +60,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -81,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(main())

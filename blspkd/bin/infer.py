@@ -16,17 +16,14 @@ see them). The same from Python: blspkd.SpeechLLM (blspkd/api.py); in a browser 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from blspkd.api import TASKS, GenerationSettings
-from blspkd.bin._args import opt
+from blspkd.bin._args import ArgumentParser, cli, opt
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m blspkd.bin.infer", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser("python -m blspkd.bin.infer", __doc__)
     p.add_argument("--model", required=True, help="exported dir, model dir, or experiment dir with model/")
     p.add_argument("--audio", required=True, nargs="+", metavar="FILE", help="audio files")
     p.add_argument("--task", choices=TASKS, default="transcription",
@@ -49,31 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from blspkd.utils.logging import setup_logging
 
     setup_logging(args.log_level)
     from blspkd.api import SpeechFrontend, SpeechLLM, task_instruction_text
-    from blspkd.data.audio import AudioError
-    from blspkd.data.kaldi_dir import DataDirError
     from blspkd.decode import load_model, resolve_model_dir
     from blspkd.utils.config import ConfigError
 
     settings = GenerationSettings(args.max_new_tokens, args.num_beams, args.length_penalty, args.repetition_penalty,
                                   args.no_repeat_ngram_size)
-    try:
-        model_dir = resolve_model_dir(args.model)
-        instruction = task_instruction_text(args.task, args.language, args.instruction)
-        settings.generate_kwargs()  # checks the values
-        if args.batch_size < 1:
-            raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
-        frontend = SpeechFrontend(model_dir)
-        speeches = [frontend(path) for path in args.audio]  # every file checked before the (slow) model load
-        llm = SpeechLLM(load_model(model_dir, args.device), model_dir, frontend)
-    except (AudioError, ConfigError, DataDirError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    model_dir = resolve_model_dir(args.model)
+    instruction = task_instruction_text(args.task, args.language, args.instruction)
+    settings.generate_kwargs()  # checks the values
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {args.batch_size}")
+    frontend = SpeechFrontend(model_dir)
+    speeches = [frontend(path) for path in args.audio]  # every file checked before the (slow) model load
+    llm = SpeechLLM(load_model(model_dir, args.device), model_dir, frontend)
     # transformers streams greedy search only
     if len(speeches) == 1 and not args.no_stream and args.num_beams == 1:
         for piece in llm.stream(speeches[0], args.instruction, args.task, args.language, **vars(settings)):

@@ -21,22 +21,20 @@ from __future__ import annotations
 
 import sys
 
+from blspkd.bin._args import cli
 from blspkd.teacher import TeacherConfig, framing_settings, merge, run_shard, teacher_task, write_utt2num_tokens
 from blspkd.utils.config import ConfigError, parse_config
 from blspkd.utils.logging import setup_logging
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        cfg = parse_config(TeacherConfig, argv, prog="python -m blspkd.bin.make_teacher_data", description=__doc__)
-        if not cfg.dump_dir or not cfg.llm:
-            raise ConfigError("--dump_dir and --llm are required")
-        if cfg.task != "tokens":
-            framing_settings(cfg)  # a bad model_configs file is a usage error, before any model is loaded
-            teacher_task(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+@cli
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(TeacherConfig, argv, prog="python -m blspkd.bin.make_teacher_data", description=__doc__)
+    if not cfg.dump_dir or not cfg.llm:
+        raise ConfigError("--dump_dir and --llm are required")
+    if cfg.task != "tokens":
+        framing_settings(cfg)  # a bad model_configs file is a usage error, before any model is loaded
+        teacher_task(cfg)
     setup_logging(cfg.log_level)
     if cfg.task == "tokens":
         from transformers import AutoTokenizer
@@ -46,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         merge(cfg)
     else:
         run_shard(cfg)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,19 +15,16 @@ packages are installed by tools/install.sh, or with
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from blspkd.bin._args import opt
-from blspkd.convert import MissingModelPackage, prepare_llm, prepare_whisper
+from blspkd.bin._args import ArgumentParser, cli, opt
+from blspkd.convert import prepare_llm, prepare_whisper
 from blspkd.utils.logging import setup_logging
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m blspkd.bin.prepare_pretrained", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = ArgumentParser("python -m blspkd.bin.prepare_pretrained", __doc__)
     parser.add_argument(*opt("whisper_out"), dest="whisper_out", default=None,
                         help="output HF directory for Whisper tiny.en")
     parser.add_argument(*opt("llm_out"), dest="llm_out", default=None,
@@ -36,15 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.whisper_out and not args.llm_out:
         parser.error("give --whisper_out DIR and/or --llm_out DIR")
     log = setup_logging()
-    try:
-        for out, prepare, what in ((args.whisper_out, prepare_whisper, "Whisper tiny.en"),
-                                   (args.llm_out, prepare_llm, "SmolLM2-135M-Instruct")):
-            if out:
-                path, converted = prepare(out)
-                log.info("%s: %s %s", what, "converted into" if converted else "already prepared in", path)
-    except (MissingModelPackage, FileExistsError, FileNotFoundError) as e:
-        log.error("%s", e)
-        return 1
+    for out, prepare, what in ((args.whisper_out, prepare_whisper, "Whisper tiny.en"),
+                               (args.llm_out, prepare_llm, "SmolLM2-135M-Instruct")):
+        if out:
+            path, converted = prepare(out)
+            log.info("%s: %s %s", what, "converted into" if converted else "already prepared in", path)
     return 0
 
 

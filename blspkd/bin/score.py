@@ -18,31 +18,19 @@ Options accept '-' or '_' (--out-dir = --out_dir).
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import shlex
 import sys
 from pathlib import Path
 
-from blspkd.scoring import METRICS, ScoringError, parse_metrics, score_files
+from blspkd.bin._args import ArgumentParser, cli, opt
+from blspkd.scoring import METRICS, parse_metrics, score_files
 from blspkd.scoring.normalize import NORMALIZERS
 from blspkd.scoring.report import write_results_md, write_set_results
 from blspkd.utils.logging import setup_logging
 
-log = logging.getLogger("blspkd.bin.score")
 
-
-def _opt(name: str) -> list[str]:
-    return [f"--{name}", f"--{name.replace('_', '-')}"] if "_" in name else [f"--{name}"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m blspkd.bin.score",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser("python -m blspkd.bin.score", __doc__)
     g = p.add_argument_group("scoring one decode dir")
     g.add_argument("--ref", help="reference file (data/<set>/text, or dump/<set>/continuation for --metric align)")
     g.add_argument("--hyp", help="hypothesis file (exp/<tag>/decode_<set>/hyp.txt)")
@@ -55,40 +43,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalizer", choices=NORMALIZERS, default="auto",
         help="text normaliser before WER/CER; auto = whisper_en for English, basic otherwise (default: auto)",
     )
-    g.add_argument(*_opt("out_dir"), dest="out_dir", help="where result.* go (default: the directory of --hyp)")
-    g.add_argument(*_opt("allow_missing"), dest="allow_missing", action="store_true",
+    g.add_argument(*opt("out_dir"), dest="out_dir", help="where result.* go (default: the directory of --hyp)")
+    g.add_argument(*opt("allow_missing"), dest="allow_missing", action="store_true",
                    help="score the utterances common to both files instead of failing on different key sets")
     a = p.add_argument_group("aggregating into RESULTS.md")
     a.add_argument("--aggregate", nargs="+", metavar="DIR", help="collect every result.json under these dirs")
-    a.add_argument(*_opt("results_md"), dest="results_md", default="RESULTS.md", help="output (default: RESULTS.md)")
-    p.add_argument(*_opt("log_level"), dest="log_level", default="INFO", help="(default: INFO)")
+    a.add_argument(*opt("results_md"), dest="results_md", default="RESULTS.md", help="output (default: RESULTS.md)")
+    p.add_argument(*opt("log_level"), dest="log_level", default="INFO", help="(default: INFO)")
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     command = shlex.join(["python", "-m", "blspkd.bin.score", *argv])
-    try:
-        if args.aggregate:
-            from blspkd.scoring.report import collect_results
+    if args.aggregate:
+        from blspkd.scoring.report import collect_results
 
-            table = write_results_md(collect_results(args.aggregate), args.results_md, command)
-            print(table, end="")
-            return 0
-        if not args.ref or not args.hyp:
-            parser.error("--ref and --hyp are required (or use --aggregate DIR)")
-        result = score_files(
-            args.ref, args.hyp, parse_metrics(args.metric), args.lang, args.normalizer, args.allow_missing, command
-        )
-        out_dir = Path(args.out_dir) if args.out_dir else Path(args.hyp).parent
-        write_set_results(out_dir, result)
-        print((out_dir / "result.txt").read_text(encoding="utf-8"), end="")
-    except (ScoringError, FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 1
+        table = write_results_md(collect_results(args.aggregate), args.results_md, command)
+        print(table, end="")
+        return 0
+    if not args.ref or not args.hyp:
+        parser.error("--ref and --hyp are required (or use --aggregate DIR)")
+    result = score_files(
+        args.ref, args.hyp, parse_metrics(args.metric), args.lang, args.normalizer, args.allow_missing, command
+    )
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.hyp).parent
+    write_set_results(out_dir, result)
+    print((out_dir / "result.txt").read_text(encoding="utf-8"), end="")
     return 0
 
 

@@ -10,15 +10,15 @@ fewer speakers than shards the split falls back to utterances (logged).
 """
 from __future__ import annotations
 
-import argparse
+import sys
 
-from blspkd.bin._args import opt, run_main
+from blspkd.bin._args import ArgumentParser, cli, opt
 from blspkd.utils.logging import setup_logging
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blspkd.bin.split_data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("python -m blspkd.bin.split_data", __doc__)
     p.add_argument("data_dir")
     p.add_argument("num_shards", type=int)
     p.add_argument(*opt("per_utt"), dest="per_utt", action="store_true", help="split by utterance, not speaker")
@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(main())

@@ -13,20 +13,25 @@ are counted in a warning.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+import sys
 
-from blspkd.bin._args import opt, run_main
+from blspkd.bin._args import ArgumentParser, cli, opt
 from blspkd.utils.logging import setup_logging
 
 
 def _first_column(path: str) -> list[str]:
-    return [line.split()[0] for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    from blspkd.data.kaldi_dir import DataDirError, parse_kv
+
+    kv = parse_kv(path)
+    bad = [(n, msg) for n, msg in kv.problems if n and msg != "blank line"]
+    if bad:
+        raise DataDirError(f"{path}:{bad[0][0]}: {bad[0][1]} ({len(bad)} such line(s))")
+    return kv.keys()
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blspkd.bin.subset_data_dir", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("python -m blspkd.bin.subset_data_dir", __doc__)
     p.add_argument("src")
     p.add_argument("dst")
     sel = p.add_mutually_exclusive_group(required=True)
@@ -49,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(main())

@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import sys
 
+from blspkd.bin._args import cli
 from blspkd.train.config import TrainConfig
 from blspkd.train.trainer import run
-from blspkd.utils.config import ConfigError, parse_config
+from blspkd.utils.config import parse_config
 from blspkd.utils.logging import setup_logging
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        cfg = parse_config(TrainConfig, argv, prog="python -m blspkd.bin.train", description=__doc__)
-        setup_logging(cfg.log_level)
-        run(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+@cli
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(TrainConfig, argv, prog="python -m blspkd.bin.train", description=__doc__)
+    setup_logging(cfg.log_level)
+    run(cfg)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,17 +10,16 @@ Output is sorted with LC_ALL=C; utterances of a speaker are listed in sorted ord
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from blspkd.bin._args import run_main
+from blspkd.bin._args import ArgumentParser, cli
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blspkd.bin.utt2spk_to_spk2utt", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("python -m blspkd.bin.utt2spk_to_spk2utt", __doc__)
     p.add_argument("input", nargs="?", default="-", help="input file (default: standard input)")
     p.add_argument("--reverse", action="store_true", help="spk2utt -> utt2spk")
     args = p.parse_args(argv)
@@ -39,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(main())

@@ -15,13 +15,13 @@ import argparse
 import logging
 import sys
 
-from blspkd.bin._args import opt, run_main
+from blspkd.bin._args import ArgumentParser, cli, opt
 from blspkd.utils.logging import setup_logging
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blspkd.bin.validate_data_dir", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("python -m blspkd.bin.validate_data_dir", __doc__)
     p.add_argument("data_dir")
     p.add_argument(*opt("no_text"), dest="no_text", action="store_true", help="the dir has no text file (test data)")
     p.add_argument(*opt("max_errors"), dest="max_errors", type=int, default=50, help="(default: 50)")
@@ -29,16 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(kaldi_flag, action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     setup_logging()
-    from blspkd.data.kaldi_dir import validate_data_dir
+    from blspkd.data.kaldi_dir import DataDirError, validate_data_dir
 
     problems = validate_data_dir(args.data_dir, require_text=not args.no_text, max_errors=args.max_errors)
     if problems:
         print("\n".join(problems), file=sys.stderr)
-        logging.getLogger("blspkd").error("%s: %d problem(s) found", args.data_dir, len(problems))
-        return 1
+        raise DataDirError(f"{args.data_dir}: {len(problems)} problem(s) found")
     logging.getLogger("blspkd").info("%s: valid data dir", args.data_dir)
     return 0
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(main())

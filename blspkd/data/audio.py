@@ -6,9 +6,13 @@
 * Other sample rates are resampled to the target rate with ``scipy.signal.resample_poly`` (polyphase FIR, Kaiser window,
   anti-aliasing included; exact rational ratio, e.g. 441/160 for 44.1 kHz), chosen over rejecting such input because
   corpora mix rates, and over FFT resampling because it has no wrap-around artefacts at the edges. Counts are logged.
-* A missing, unreadable or empty recording, a failing pipe command or a segment outside its recording raises AudioError
-  naming ``wav.scp:line`` (or ``segments:line``) and what is wrong; with ``skip_bad=True`` the utterance is skipped,
-  logged, and counted instead.
+* Every read is checked: the samples decoded must be as many as the WAV header (or, for other formats, soundfile's
+  frame count) declares, so a truncated file or a pipe whose output was cut off is not read short in silence (pipes of
+  unknown length, whose header holds a streaming placeholder size, have nothing to compare with); every sample must be
+  finite (float audio can hold NaN/inf, which would give NaN features).
+* A missing, unreadable, truncated, empty or non-finite recording (or a directory in its place), a failing pipe command
+  or a segment outside its recording raises AudioError naming ``wav.scp:line`` (or ``segments:line``) and what is
+  wrong; with ``skip_bad=True`` the utterance is skipped, logged and counted per reason (``AudioError.reason``) instead.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import logging
 import math
 import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections import Counter
@@ -35,8 +40,28 @@ logger = logging.getLogger(__name__)
 SEGMENT_END_TOLERANCE_S = 0.1
 
 
+# Data-chunk sizes that streaming WAV writers put in the header when the length is not known yet (ffmpeg, sox writing
+# to a pipe): such a header declares nothing.
+STREAMING_WAV_SIZES = (0, 0xFFFFFFFF, 0x7FFFF000)
+_BLOCK = 1 << 20  # frames per read: a header claiming 2**62 frames must not allocate them
+
+
 class AudioError(RuntimeError):
-    """Audio that cannot be read; the message names the scp file and line."""
+    """Audio that cannot be read; the message names the scp file and line. ``reason``: its skip-count category."""
+
+    reason = "unreadable audio"
+
+
+class UndecodableAudio(AudioError):
+    """soundfile does not know the container or codec (a program such as ffmpeg may)."""
+
+
+class TruncatedAudio(AudioError):
+    reason = "truncated or corrupt audio"
+
+
+class NonFiniteAudio(AudioError):
+    reason = "non-finite samples"
 
 
 @dataclass
@@ -58,6 +83,34 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(wave, target_sr // g, orig_sr // g, axis=0).astype(np.float32)
 
 
+def path_problem(path: str) -> str | None:
+    """What keeps ``path`` from being read as audio (missing, a directory, not a regular file), or None."""
+    p = Path(path)
+    if p.is_dir():
+        return "a directory, not an audio file"
+    if not p.exists():
+        return "file not found"
+    return None if p.is_file() else "not a regular file"
+
+
+def _wav_declared_frames(f) -> int | None:
+    """Frames the RIFF/WAVE header's data chunk declares (None: not a WAV, or a streaming placeholder size)."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block_align = 0
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return None
+        cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"data":
+            return size // block_align if block_align and size not in STREAMING_WAV_SIZES else None
+        body = f.read(size + size % 2) if cid == b"fmt " else f.seek(size + size % 2, 1)
+        if cid == b"fmt " and len(body) >= 14:
+            block_align = struct.unpack("<H", body[12:14])[0]
+
+
 def decode_audio(source: str) -> tuple[np.ndarray, int]:
     """Decode a ``wav.scp`` value: a path, or a command ending in ``|`` (run through the shell). Returns (samples x
     channels float32, sample rate). Raises AudioError with a description (the caller adds file:line)."""
@@ -72,17 +125,54 @@ def decode_audio(source: str) -> tuple[np.ndarray, int]:
             raise AudioError(f"command '{cmd}' wrote no audio")
         handle: io.BytesIO | str = io.BytesIO(proc.stdout)
         what = f"output of command '{cmd}'"
+        declared = _wav_declared_frames(io.BytesIO(proc.stdout))
     else:
-        if not Path(source).is_file():
-            raise AudioError(f"file not found: {source}")
+        problem = path_problem(source)
+        if problem:
+            raise AudioError(f"{problem}: {source}")
         handle = source
         what = f"file {source}"
+        with open(source, "rb") as f:
+            declared = _wav_declared_frames(f)
+    return _read_checked(handle, what, declared)
+
+
+def _read_checked(handle: io.BytesIO | str, what: str, declared: int | None,
+                  max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode with soundfile and check the samples: as many as ``declared`` (or soundfile's frame count), all finite.
+    ``max_seconds``: read at most this much (then only a shortfall within it counts as truncation)."""
     try:
-        data, rate = sf.read(handle, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"cannot decode {what}: {e}") from None
+        snd = sf.SoundFile(handle)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise UndecodableAudio(f"cannot decode {what}: {e}") from None
+    blocks = []
+    with snd:
+        rate = snd.samplerate
+        if declared is None and 0 < snd.frames < 2**62:
+            declared = snd.frames  # the count of formats other than WAV (FLAC's STREAMINFO, ...)
+        limit = round(max_seconds * rate) if max_seconds else None
+        got = 0
+        try:
+            while limit is None or got < limit:
+                block = snd.read(_BLOCK if limit is None else min(_BLOCK, limit - got), dtype="float32",
+                                 always_2d=True)
+                if not len(block):
+                    break
+                blocks.append(block)
+                got += len(block)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise TruncatedAudio(f"{what} is truncated or corrupt: decoding failed after {got} samples ({e})") from None
+    data = np.concatenate(blocks) if blocks else np.zeros((0, snd.channels), np.float32)
     if data.shape[0] == 0:
         raise AudioError(f"{what} holds no samples")
+    if declared is not None and data.shape[0] < min(declared, limit or declared):
+        raise TruncatedAudio(f"{what} is truncated: its header declares {declared} samples ({declared / rate:.3f} s) "
+                             f"but it holds {data.shape[0]} ({data.shape[0] / rate:.3f} s)")
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise NonFiniteAudio(f"{what} holds {int((~finite).sum())} non-finite sample(s) (NaN/inf), the first at "
+                             f"{first / rate:.3f} s")
     return data, rate
 
 
@@ -99,6 +189,7 @@ class AudioReader:
         self.sample_rate = sample_rate
         self.skip_bad = skip_bad
         self.stats = AudioStats()
+        self.skipped: dict[str, str] = {}  # utterance -> reason (skip_bad)
         self.wavs = read_kv(self.wav_scp)
         self.wav_line = {k: n for n, k, _ in parse_kv(self.wav_scp).entries}
         self.segments = read_segments(d / "segments") if (d / "segments").is_file() else None
@@ -113,6 +204,12 @@ class AudioReader:
                 )
         self._cache: tuple[str, np.ndarray | AudioError] | None = None
 
+    def location(self, utt: str) -> str:
+        """``<file>:<line>`` of the line that gives the utterance's audio (its segments line, or its wav.scp line)."""
+        if self.segments is not None:
+            return f"{self.wav_scp.parent}/segments:{self.seg_line[utt]}"
+        return f"{self.wav_scp}:{self.wav_line[utt]}"
+
     def utterances(self) -> list[str]:
         return sorted(self.segments if self.segments is not None else self.wavs)
 
@@ -122,7 +219,7 @@ class AudioReader:
             try:
                 data, rate = decode_audio(self.wavs[reco])
             except AudioError as e:
-                result: np.ndarray | AudioError = AudioError(
+                result: np.ndarray | AudioError = type(e)(  # keeps the kind, hence the skip reason
                     f"{self.wav_scp}:{self.wav_line[reco]}: recording '{reco}': {e}. Fix: correct the wav.scp line, "
                     "or drop the utterance (utils/fix_data_dir.sh after removing it), or pass --skip_bad_audio true"
                 )
@@ -166,7 +263,8 @@ class AudioReader:
                 if not self.skip_bad:
                     raise
                 logger.warning("skipping utterance '%s': %s", utt, e)
-                self.stats.skipped["unreadable audio"] += 1
+                self.stats.skipped[e.reason] += 1
+                self.skipped[utt] = e.reason
                 continue
             self.stats.read += 1
             yield utt, wave
@@ -190,11 +288,12 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     """Mono float32 samples at ``sample_rate`` of an audio file in any format soundfile or, failing that, ffmpeg reads;
     AudioError naming the file when it cannot be read."""
     path = str(path)
-    if not Path(path).is_file():
-        raise AudioError(f"cannot read audio file {path}: file not found")
+    problem = path_problem(path)
+    if problem:
+        raise AudioError(f"cannot read audio file {path}: {problem}")
     try:
         data, rate = decode_audio(path)
-    except AudioError as sf_error:
+    except UndecodableAudio as sf_error:  # truncated or non-finite audio is not handed on: ffmpeg would read it short
         if shutil.which("ffmpeg") is None:
             raise AudioError(f"cannot read audio file {path}: {sf_error} (and ffmpeg, which reads more formats, is "
                              "not installed)") from None
@@ -214,10 +313,8 @@ def read_audio_bytes(data: bytes, sample_rate: int = 16000, what: str = "the aud
     if not data:
         raise AudioError(f"{what} is empty")
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            frames = round(max_seconds * f.samplerate) if max_seconds else -1
-            samples, rate = f.read(frames, dtype="float32", always_2d=True), f.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:
+        samples, rate = _read_checked(io.BytesIO(data), what, _wav_declared_frames(io.BytesIO(data)), max_seconds)
+    except UndecodableAudio as sf_error:
         if shutil.which("ffmpeg") is None:
             raise AudioError(f"cannot decode {what}: {sf_error} (and ffmpeg, which reads more formats, is not "
                              "installed)") from None
@@ -230,6 +327,4 @@ def read_audio_bytes(data: bytes, sample_rate: int = 16000, what: str = "the aud
             except AudioError:
                 raise AudioError(f"cannot decode {what}: neither soundfile nor ffmpeg recognises it as audio "
                                  f"({len(data)} bytes; soundfile: {sf_error})") from None
-    if samples.shape[0] == 0:
-        raise AudioError(f"{what} holds no samples")
     return to_mono(samples, rate, sample_rate)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from blspkd.data.kaldi_dir import (
     INT_FILES,
+    NEEDS_A_HUMAN,
     RECO_FILES,
     SPK_FILES,
     UTT_FILES,
@@ -103,12 +104,13 @@ def fix_data_dir(data_dir: str | Path) -> FixReport:
     conflicts: dict[str, set[str]] = {}
     for name in names:
         kv = parse_kv(d / name)
-        bad_utf8 = [n for n, msg in kv.problems if msg.startswith("not valid UTF-8")]
-        if bad_utf8:
-            raise DataDirError(
-                f"{d / name}:{bad_utf8[0]}: not valid UTF-8 ({len(bad_utf8)} line(s)); fix_data_dir cannot guess the "
-                f"encoding. Fix: re-encode the file (e.g. iconv -f latin1 -t utf-8 {d / name})"
-            )
+        human = [(n, msg) for n, msg in kv.problems if msg.startswith(NEEDS_A_HUMAN)]
+        if human:  # dropping these lines would drop their utterances; a re-encoding or a one-character edit keeps them
+            n, msg = human[0]
+            fix = (f"re-encode the file (e.g. iconv -f latin1 -t utf-8 {d / name})" if msg.startswith("not valid")
+                   else "remove the character (or correct the script that wrote the file), then run fix_data_dir")
+            raise DataDirError(f"{d / name}:{n}: {msg} ({len(human)} such line(s)); fix_data_dir does not drop "
+                               f"utterances for this. Fix: {fix}")
         report.malformed_lines[name] += sum(1 for n, msg in kv.problems if n and not msg.startswith("Windows"))
         table: dict[str, str] = {}
         for _, key, value in kv.entries:
@@ -129,6 +131,9 @@ def fix_data_dir(data_dir: str | Path) -> FixReport:
         else:
             kept.append(utt)
     report.kept = len(kept)
+    if not kept:  # as Kaldi's fix_data_dir.sh: nothing is usable, so nothing is changed
+        raise DataDirError(f"{report.summary(d)}\nno utterance would remain: {d} is left unchanged. Fix: correct the "
+                           "files (utils/validate_data_dir.sh names every problem)")
     if "segments" in tables and "wav.scp" in tables:
         report.dropped_recordings = len(set(tables["wav.scp"]) - _recordings_of(tables, kept))
 
@@ -248,7 +253,7 @@ def combine_data(dst: str | Path, srcs: list[str | Path]) -> int:
             for key, value in table.items():
                 if key in merged and not (shared_ok and merged[key] == value):
                     raise DataDirError(
-                        f"combine: key '{key}' is in both {origin[key] / name} and {src / name}. Fix: make ids unique "
+                        f"combine: key {key!r} is in both {origin[key] / name} and {src / name}. Fix: make ids unique "
                         "across corpora (e.g. prefix them with the corpus name) or drop one of the sources"
                     )
                 merged[key] = value

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from blspkd.data.audio import AudioReader
+from blspkd.data.audio import AudioReader, NonFiniteAudio
 from blspkd.data.audio_dump import FEATS_TYPES, write_audio
 from blspkd.data.data_dir_ops import load_tables, write_restricted
 from blspkd.data.feats_io import write_feats
@@ -130,7 +130,16 @@ def extract_shard(
         nonlocal mel_time
         for utt, wave in kept_audio():
             t0 = time.perf_counter()
-            feats = mel(wave)
+            try:
+                feats = mel(wave)
+            except NonFiniteAudio as e:
+                where = f"{reader.location(utt)}: utterance '{utt}'"
+                if not skip_bad_audio:
+                    raise NonFiniteAudio(f"{where}: {e}. Fix: correct or drop the recording, or pass "
+                                         "--skip_bad_audio true") from None
+                logger.warning("skipping %s: %s", where, e)
+                dropped[utt] = "non-finite features"
+                continue
             mel_time += time.perf_counter() - t0
             yield utt, feats
 
@@ -144,9 +153,7 @@ def extract_shard(
     else:
         frames = write_feats(paths["ark"], paths["scp"], features())
     wall = time.perf_counter() - start
-    for utt in utts:  # skipped unreadable audio (skip_bad_audio) is dropped too, with its reason
-        if utt not in frames and utt not in dropped:
-            dropped[utt] = "unreadable audio"
+    dropped.update(reader.skipped)  # audio skipped with skip_bad_audio is dropped too, with its reason
     write_kv(paths["frames"], {k: str(v) for k, v in frames.items()})
     write_kv(paths["dropped"], dropped)
     reasons = Counter(dropped.values())

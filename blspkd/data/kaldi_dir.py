@@ -7,13 +7,20 @@ files of this toolkit (``instruction``, ``response``, ``continuation``, ``utt2nu
 ``sorted`` on ``str`` gives the same order because UTF-8 preserves code-point order), UTF-8, each line
 newline-terminated.
 
+Lines are split on ASCII blanks (space, tab), as Kaldi's tools split them. A key holding an invisible character (a
+UTF-8 byte order mark, a no-break space, a zero-width space, a control character) and a line holding a NUL byte or
+another control character are problems named with the character's code point: such a key looks like a valid one in an
+editor, and dropping its utterance (what utils/fix_data_dir.sh would do) would lose data a one-character edit keeps.
+
 ``read_kv``/``write_kv`` are the strict reader and the atomic sorted writer everyone uses. ``validate_data_dir``
 checks the Kaldi rules and returns every problem (capped) as ``file:line: what. Fix: how``.
 """
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +39,12 @@ FLOAT_FILES = ("utt2dur", "reco2dur")
 MAX_ERRORS = 50
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, written files should get the usual 0644-style mode
+
+
+# parse_kv problems whose fix needs a human (a re-encoding, a one-character edit): fix_data_dir refuses them instead of
+# dropping the line with its utterance.
+NEEDS_A_HUMAN = ("not valid UTF-8", "invisible character", "control character")
+_BLANKS = re.compile(r"[ \t]+")
 
 
 class DataDirError(ValueError):
@@ -56,6 +69,28 @@ class KvFile:
         return [k for _, k, _ in self.entries]
 
 
+def describe_char(c: str) -> str:
+    """``U+FEFF ZERO WIDTH NO-BREAK SPACE (a UTF-8 byte order mark)``: a character named so that it can be found."""
+    name = unicodedata.name(c, "NUL" if c == "\0" else "a control character" if unicodedata.category(c) == "Cc"
+                            else "unnamed")
+    return f"U+{ord(c):04X} {name}" + (" (a UTF-8 byte order mark)" if c == "\ufeff" else "")
+
+
+def _invisible(key: str) -> str | None:
+    """What is wrong with a key that holds a character an editor does not show, or None."""
+    for i, c in enumerate(key):
+        if not c.isprintable():
+            return f"invisible character in key {key!r}: {describe_char(c)} at character {i + 1}"
+    return None
+
+
+def _control(value: str) -> str | None:
+    for i, c in enumerate(value):
+        if unicodedata.category(c) == "Cc" and c != "\t":
+            return f"control character in the value: {describe_char(c)} at character {i + 1} ({value[:40]!r})"
+    return None
+
+
 def parse_kv(path: str | Path) -> KvFile:
     """Parse a ``<key> <value>`` file without raising: bad lines are reported in ``problems`` and left out of
     ``entries``."""
@@ -78,14 +113,30 @@ def parse_kv(path: str | Path) -> KvFile:
         if not line.strip():
             out.problems.append((lineno, "blank line"))
             continue
-        if line[0].isspace():
+        if line[0] in " \t":
             out.problems.append((lineno, "line starts with whitespace (the key must come first)"))
             continue
-        parts = line.split(maxsplit=1)
-        out.entries.append((lineno, parts[0], parts[1].rstrip() if len(parts) > 1 else ""))
+        parts = _BLANKS.split(line.rstrip(" \t"), maxsplit=1)
+        key, value = parts[0], parts[1] if len(parts) > 1 else ""
+        problem = _invisible(key) or _control(value)
+        if problem:
+            out.problems.append((lineno, problem))
+            continue
+        out.entries.append((lineno, key, value))
     if not raw:
         out.problems.append((0, "file is empty"))
     return out
+
+
+def read_utf8(path: str | Path) -> str:
+    """A text file's content; a DataDirError naming the line and byte when it is not UTF-8."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataDirError(f"{path}:{line}: not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r}). Fix: "
+                           f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path})") from None
 
 
 def read_kv(path: str | Path) -> dict[str, str]:
@@ -93,14 +144,14 @@ def read_kv(path: str | Path) -> dict[str, str]:
     DataDirError."""
     path = Path(path)
     if not path.is_file():
-        raise DataDirError(f"{path}: file not found")
+        raise DataDirError(f"{path}: {'a directory, not a file' if path.is_dir() else 'file not found'}")
     kv = parse_kv(path)
     errors = [f"{path}:{n}: {msg}" if n else f"{path}: {msg}" for n, msg in kv.problems if msg != "file is empty"]
     out: dict[str, str] = {}
     first: dict[str, int] = {}
     for lineno, key, value in kv.entries:
         if key in out:
-            errors.append(f"{path}:{lineno}: duplicate key '{key}' (first at line {first[key]})")
+            errors.append(f"{path}:{lineno}: duplicate key {key!r} (first at line {first[key]})")
             continue
         out[key] = value
         first[key] = lineno
@@ -110,6 +161,17 @@ def read_kv(path: str | Path) -> dict[str, str]:
             "\n".join(errors[:MAX_ERRORS]) + more + f"\nFix: correct the file, or {fix_hint(path.parent)}"
         )
     return out
+
+
+def read_counts(path: str | Path) -> dict[str, int]:
+    """Read a file of positive integer values (``utt2num_frames``, ``utt2num_tokens``) strictly, naming file:line."""
+    path = Path(path)
+    table = read_kv(path)
+    for lineno, key, value in parse_kv(path).entries:
+        if not (value.isascii() and value.isdigit() and int(value) > 0):
+            raise DataDirError(f"{path}:{lineno}: value {value!r} of {key!r} is not a positive integer. Fix: correct "
+                               f"the line or {fix_hint(path.parent)}")
+    return {key: int(value) for key, value in table.items()}
 
 
 def sort_keys(keys: Iterable[str]) -> list[str]:
@@ -180,7 +242,7 @@ def _parse_segment(value: str) -> tuple[str, float, float] | str:
     try:
         start, end = float(parts[1]), float(parts[2])
     except ValueError:
-        return f"start/end times '{parts[1]}' '{parts[2]}' are not numbers"
+        return f"start/end times {parts[1]!r} {parts[2]!r} are not numbers"
     if start < 0:
         return f"start time {start} is negative"
     if not start < end:
@@ -238,6 +300,10 @@ def _check_file(kv: KvFile, fix: str, errors: _Errors) -> dict[str, int]:
             continue
         if msg.startswith("not valid UTF-8"):
             how = f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path})"
+        elif "U+FEFF" in msg:
+            how = f"remove the byte order mark (sed -i 's/\\xEF\\xBB\\xBF//g' {path}); fix_data_dir would drop the line"
+        elif msg.startswith(NEEDS_A_HUMAN):
+            how = "remove the character (or correct the script that wrote the file); fix_data_dir would drop the line"
         elif msg == "file is empty":
             how = f"remove the empty file or fill it; {fix}"
         else:
@@ -251,16 +317,35 @@ def _check_file(kv: KvFile, fix: str, errors: _Errors) -> dict[str, int]:
     unsorted_reported = False
     for lineno, key, _ in kv.entries:
         if key in first:
-            errors.add(path, lineno, f"duplicate key '{key}' (first at line {first[key]})",
+            errors.add(path, lineno, f"duplicate key {key!r} (first at line {first[key]})",
                        f"remove one of the two lines (utils/fix_data_dir.sh {path.parent} keeps identical "
                        "duplicate lines once and drops keys whose lines disagree)")
             continue
         first[key] = lineno
         if prev_key is not None and key < prev_key and not unsorted_reported:
-            errors.add(path, lineno, f"not sorted: key '{key}' comes after '{prev_key}' (LC_ALL=C order)", fix)
+            errors.add(path, lineno, f"not sorted: key {key!r} comes after {prev_key!r} (LC_ALL=C order)", fix)
             unsorted_reported = True  # one message per file is enough: sorting fixes them all
         prev_key = key
     return first
+
+
+SPEAKER_PREFIX_FIX = (
+    "make every utterance id start with its speaker id, e.g. <speaker>-<rest> (in local/data.sh), which Kaldi's sort "
+    "orders need; without speaker information, use each utterance id as its own speaker id"
+)
+
+
+def _check_speaker_order(entries: list[tuple[int, str, str]], path: Path, errors: _Errors) -> None:
+    """Kaldi's rule (validate_data_dir.sh: ``sort -k2 -C utt2spk``): in utterance order, speaker ids never decrease."""
+    prev = None
+    for lineno, _, spk in sorted(entries, key=lambda e: e[1]):
+        if prev is not None and spk < prev:
+            errors.add(path, lineno, f"speaker ids are not sorted along the sorted utterances: {spk!r} comes after "
+                       f"{prev!r} (Kaldi needs utt2spk sorted by utterance and by speaker at once)",
+                       "end every speaker id with a separator that sorts before the characters ids use, e.g. '-' "
+                       "(spk1-a, spk10-b): '_' sorts after digits and capitals")
+            return
+        prev = spk
 
 
 def validate_data_dir(
@@ -290,6 +375,9 @@ def validate_data_dir(
         for name in (*UTT_FILES, *RECO_FILES, *SPK_FILES)
         if (d / name).is_file()
     }
+    if any(msg.startswith(NEEDS_A_HUMAN) for kv in files.values() for _, msg in kv.problems):
+        # Key sets compared now differ because of those lines; fix_data_dir would drop their utterances.
+        fix = "first correct the lines with invisible or control characters or bad encoding, then validate again"
     first_line = {name: _check_file(kv, fix, errors) for name, kv in files.items()}
     values = {name: {k: v for _, k, v in reversed(kv.entries)} for name, kv in files.items()}  # first value wins
 
@@ -302,53 +390,61 @@ def validate_data_dir(
                 continue
             keys = first_line[name]
             for key in [k for k in keys if k not in utts]:
-                errors.add(d / name, keys[key], f"utterance '{key}' is not in {ref}", fix)
+                errors.add(d / name, keys[key], f"utterance {key!r} is not in {ref}", fix)
             missing = sorted(utts - set(keys))
             if missing:
-                shown = ", ".join(f"'{k}'" for k in missing[:5]) + (" ..." if len(missing) > 5 else "")
+                shown = ", ".join(f"{k!r}" for k in missing[:5]) + (" ..." if len(missing) > 5 else "")
                 errors.add(d / name, 0, f"{len(missing)} utterance(s) of {ref} missing: {shown}", fix)
 
     if "text" in files:
         for key, lineno in first_line["text"].items():
             if not values["text"][key].strip():
-                errors.add(d / "text", lineno, f"empty transcript for utterance '{key}'",
+                errors.add(d / "text", lineno, f"empty transcript for utterance {key!r}",
                            f"give it a transcript, or drop it with utils/fix_data_dir.sh {d}")
     for name in ("instruction", "response", "continuation", "translation", "utt2lang"):
         for key, lineno in first_line.get(name, {}).items():
             if not values[name][key].strip():
-                errors.add(d / name, lineno, f"empty value for utterance '{key}'", f"fill it or {fix}")
+                errors.add(d / name, lineno, f"empty value for utterance {key!r}", f"fill it or {fix}")
     if "utt2spk" in files:
+        prefix_ok = True
         for key, lineno in first_line["utt2spk"].items():
-            if len(values["utt2spk"][key].split()) != 1:
-                errors.add(d / "utt2spk", lineno, f"utterance '{key}' must have exactly one speaker id, "
-                           f"got '{values['utt2spk'][key]}'", f"correct the line or {fix}")
+            spk = values["utt2spk"][key]
+            if len(spk.split()) != 1:
+                errors.add(d / "utt2spk", lineno, f"utterance {key!r} must have exactly one speaker id, "
+                           f"got {spk!r}", f"correct the line or {fix}")
+            elif not key.startswith(spk):
+                prefix_ok = False
+                errors.add(d / "utt2spk", lineno, f"speaker id {spk!r} is not a prefix of utterance id {key!r}",
+                           SPEAKER_PREFIX_FIX)
+        if prefix_ok:
+            _check_speaker_order(files["utt2spk"].entries, d / "utt2spk", errors)
     if "utt2spk" in files and "spk2utt" in files:
         expected = utt2spk_to_spk2utt({k: v for k, v in values["utt2spk"].items() if len(v.split()) == 1})
         got = values["spk2utt"]
         for spk, lineno in first_line["spk2utt"].items():
             if spk not in expected:
-                errors.add(d / "spk2utt", lineno, f"speaker '{spk}' has no utterance in utt2spk",
+                errors.add(d / "spk2utt", lineno, f"speaker {spk!r} has no utterance in utt2spk",
                            f"utils/utt2spk_to_spk2utt.sh {d}/utt2spk > {d}/spk2utt")
             elif got[spk].split() != expected[spk].split():
-                errors.add(d / "spk2utt", lineno, f"speaker '{spk}' lists '{_short(got[spk])}' but utt2spk gives "
-                           f"'{_short(expected[spk])}'",
+                errors.add(d / "spk2utt", lineno, f"speaker {spk!r} lists {_short(got[spk])!r} but utt2spk gives "
+                           f"{_short(expected[spk])!r}",
                            f"utils/utt2spk_to_spk2utt.sh {d}/utt2spk > {d}/spk2utt")
         for spk in sort_keys(set(expected) - set(got)):
-            errors.add(d / "spk2utt", 0, f"speaker '{spk}' of utt2spk is missing",
+            errors.add(d / "spk2utt", 0, f"speaker {spk!r} of utt2spk is missing",
                        f"utils/utt2spk_to_spk2utt.sh {d}/utt2spk > {d}/spk2utt")
     if "segments" in files:
         recos = set(first_line.get("wav.scp", {}))
         for key, lineno in first_line["segments"].items():
             seg = _parse_segment(values["segments"][key])
             if isinstance(seg, str):
-                errors.add(d / "segments", lineno, f"utterance '{key}': {seg}", f"correct the line or {fix}")
+                errors.add(d / "segments", lineno, f"utterance {key!r}: {seg}", f"correct the line or {fix}")
             elif "wav.scp" in files and seg[0] not in recos:
-                errors.add(d / "segments", lineno, f"utterance '{key}': recording '{seg[0]}' is not in wav.scp",
+                errors.add(d / "segments", lineno, f"utterance {key!r}: recording {seg[0]!r} is not in wav.scp",
                            f"add the recording to wav.scp or {fix}")
     for name in ("wav.scp", "feats.scp"):
         for key, lineno in first_line.get(name, {}).items():
             if not values[name][key].strip():
-                errors.add(d / name, lineno, f"no path or command for '{key}'", f"correct the line or {fix}")
+                errors.add(d / name, lineno, f"no path or command for {key!r}", f"correct the line or {fix}")
     for name in (*INT_FILES, *FLOAT_FILES):
         for key, lineno in first_line.get(name, {}).items():
             value = values[name][key]
@@ -358,7 +454,7 @@ def validate_data_dir(
                 ok = False
             if not ok:
                 kind = "a positive integer" if name in INT_FILES else "a non-negative number"
-                errors.add(d / name, lineno, f"value '{value}' for '{key}' is not {kind}", f"correct the line or {fix}")
+                errors.add(d / name, lineno, f"value {value!r} for {key!r} is not {kind}", f"correct the line or {fix}")
     return errors.result()
 
 

@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blspkd.data.audio import NonFiniteAudio
+from blspkd.data.kaldi_dir import DataDirError
+
 
 class WhisperLogMel:
     """Log-mel computer configured from a Hugging Face model dir (its ``preprocessor_config.json``)."""
@@ -51,7 +54,12 @@ class WhisperLogMel:
                 f"{path}/preprocessor_config.json not found: --feature_extractor must be a Whisper model dir saved "
                 "with save_pretrained (e.g. the output of python -m blspkd.bin.prepare_pretrained)"
             )
-        return cls.from_extractor(WhisperFeatureExtractor.from_pretrained(str(path), local_files_only=True))
+        try:
+            fe = WhisperFeatureExtractor.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as e:  # not UTF-8, not JSON
+            raise DataDirError(f"{path}/preprocessor_config.json: cannot be read ({e}); the model directory is "
+                               "damaged: prepare it again") from None
+        return cls.from_extractor(fe)
 
     @classmethod
     def from_extractor(cls, fe) -> WhisperLogMel:
@@ -86,6 +94,9 @@ class WhisperLogMel:
             log_spec = torch.clamp(mel, min=1e-10).log10()
             log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
             log_spec = (log_spec + 4.0) / 4.0
+        if not torch.isfinite(log_spec).all():  # finite samples of absurd amplitude overflow the float32 power
+            raise NonFiniteAudio(f"its log-mel features are not finite: the samples reach {float(x.abs().max()):.3g} "
+                                 "(audio is scaled to [-1, 1]); the recording is corrupt or wrongly scaled")
         return log_spec.T.contiguous().numpy()
 
     def batch(self, speech: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

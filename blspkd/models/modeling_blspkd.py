@@ -44,7 +44,7 @@ from blspkd.models.prefix_cache import (
     generation_cache,
 )
 from blspkd.models.speech_encoder import WhisperSpeechEncoder
-from blspkd.utils.config import check_fields, to_dict, update_from_dict
+from blspkd.utils.config import ConfigError, check_fields, to_dict, update_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -417,6 +417,11 @@ class BlspKdModel(nn.Module):
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         kwargs = {"max_new_tokens": 128, "do_sample": False, "eos_token_id": eos, "pad_token_id": pad,
                   **generate_kwargs}
+        context = getattr(self._causal_lm().config, "max_position_embeddings", None)
+        prompt = batch["inputs_embeds"].shape[1]
+        if context and prompt + kwargs["max_new_tokens"] > context:  # else generation may run for hours, then fail
+            raise ConfigError(f"max_new_tokens {kwargs['max_new_tokens']} + the {prompt}-position prompt exceed the "
+                              f"LLM's context of {context} positions; lower max_new_tokens")
         plora_mask = batch["speech_mask"]
         if "prefix_kv" in batch:
             config = kwargs.get("generation_config", self.llm.generation_config)

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from .scorer import RESULT_FORMAT, ScoreResult, package_versions
+from .text_files import ScoringError
 from .wer import format_alignment, top_confusions, utt_record
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def collect_decode_dir(result_json: Path) -> dict | None:
     try:
         summary = json.loads(result_json.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{result_json}: unreadable ({e}); re-run scoring for {decode_dir}") from None
+        raise ScoringError(f"{result_json}: unreadable ({e}); re-run scoring for {decode_dir}") from None
     if not isinstance(summary, dict) or summary.get("format") != RESULT_FORMAT:
         return None
     entry: dict = {"decode_dir": str(decode_dir), "result": summary, "decode_config": None, "model_dir": None}

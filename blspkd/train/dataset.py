@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from blspkd.data.audio_dump import RawAudio, is_raw_dump
-from blspkd.data.feats_io import load_scp
-from blspkd.data.kaldi_dir import read_kv
+from blspkd.data.feats_io import FeatsScp, load_scp
+from blspkd.data.kaldi_dir import DataDirError, read_counts, read_kv
 from blspkd.tasks import TASKS, Task, fixed_instruction, get_task, truncated_file
 from blspkd.train.config import TaskConfig
 from blspkd.utils.config import ConfigError
@@ -30,6 +30,8 @@ from blspkd.utils.config import ConfigError
 logger = logging.getLogger(__name__)
 # The dump-dir file each kind of example input comes from (raw audio, log-mel features, cached encoder outputs).
 SOURCE_FILE = {"speech": "wav.scp", "feats": "feats.scp", "encoder_out": "encoder_out.scp"}
+
+
 
 def optional_files() -> list[str]:
     """Per-utterance files the registered tasks may read, and the teacher's truncation flags of their responses."""
@@ -48,7 +50,7 @@ def task_instruction(task: TaskConfig) -> str | None:
 @dataclass
 class DumpDir:
     path: Path
-    feats: object  # lazy Mapping[str, np.ndarray]
+    feats: FeatsScp | RawAudio  # lazy key -> float32 matrix (or waveform of a raw dump)
     text: dict[str, str]
     num_frames: dict[str, int]
     extra: dict[str, dict[str, str]]
@@ -65,15 +67,19 @@ class DumpDir:
                     f"{path / name} is missing: {path} is not a complete stage-2 dump dir (run stage 2 of the recipe)"
                 )
         text = read_kv(path / "text")
-        num_frames = {k: int(v) for k, v in read_kv(path / "utt2num_frames").items()}
+        num_frames = read_counts(path / "utt2num_frames")
         feats = RawAudio(path) if raw else load_scp(path / "feats.scp")
         missing = sorted(set(text) - set(num_frames))
         if missing:
-            raise ValueError(
+            raise DataDirError(
                 f"{path}: {len(missing)} utterance(s) of 'text' have no line in 'utt2num_frames' (first: {missing[0]});"
                 " "
                 "re-run stage 2 on this dir"
             )
+        no_feats = sorted(set(text) - set(feats))
+        if no_feats:
+            raise DataDirError(f"{path}: {len(no_feats)} utterance(s) of 'text' have no line in 'feats.scp' (first: "
+                               f"{no_feats[0]!r}); re-run stage 2 on this dir")
         extra = {name: read_kv(path / name) for name in optional_files() if (path / name).is_file()}
         return cls(path, feats, text, num_frames, extra, raw=raw)
 
@@ -82,7 +88,7 @@ class DumpDir:
             raise FileNotFoundError(
                 f"{self.path / 'utt2num_tokens'} is missing; data.batch_type=tokens needs it (run stage 3)"
             )
-        return {k: int(v) for k, v in self.extra["utt2num_tokens"].items()}
+        return read_counts(self.path / "utt2num_tokens")
 
 
 class TrainingData:
@@ -134,7 +140,7 @@ class TrainingData:
                 logger.warning("%s: skipped %d of %d utterances: %s", d.path, sum(skipped.values()), len(d.text),
                                ", ".join(f"{n} x {why}" for why, n in skipped.items()))
             if not elig:
-                raise ValueError(f"{d.path}: no usable utterance for tasks {[t.kind for t in tasks]}")
+                raise DataDirError(f"{d.path}: no usable utterance for tasks {[t.kind for t in tasks]}")
             self.lengths.append({k: lens[k] for k in elig})
             self.eligible.append(elig)
         logger.info("data: %d utterances from %d dir(s), tasks %s", sum(len(e) for e in self.eligible), len(self.dirs),
@@ -156,7 +162,7 @@ class TrainingData:
                                                                                               d.encoder_out)
         feats = np.array(source[key], dtype=np.float32)  # a writable copy (kaldiio may hand out read-only views)
         if not np.isfinite(feats).all():
-            raise ValueError(
+            raise DataDirError(
                 f"{d.path / SOURCE_FILE[name]}: utterance {key} has non-finite feature values (NaN/inf); re-run "
                 "stage 2 for this dir or remove the utterance (utils/subset_data_dir.sh / fix_data_dir.sh)"
             )

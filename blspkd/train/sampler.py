@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from blspkd.utils.config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 # An example id: (dir index, utterance key, task index).
@@ -44,6 +46,7 @@ class BucketBatchSampler:
         world_size: int = 1,
         shuffle: bool = True,
         even: bool = True,
+        names: Sequence[str] | None = None,
     ):
         if batch_bins <= 0 or max_batch_size <= 0:
             raise ValueError(f"batch_bins ({batch_bins}) and max_batch_size ({max_batch_size}) must be positive")
@@ -58,13 +61,20 @@ class BucketBatchSampler:
         self.world_size = world_size
         self.shuffle = shuffle
         self.even = even
+        self.names = list(names) if names is not None else [f"dir {d}" for d in range(len(lengths))]
         self.epoch = 0
         self.start_batch = 0  # batches of this rank to skip in the current epoch (resume)
         self._too_long_logged = False
+        self._empty_logged: set[int] = set()
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch = epoch
         self.start_batch = start_batch
+
+    def draws(self, d: int) -> int:
+        """Examples dir ``d`` gives per epoch: its weight w repeats it int(w) times plus round(frac(w) * size)."""
+        whole, frac = divmod(self.dir_weights[d], 1.0)
+        return int(whole) * len(self.lengths[d]) + int(round(frac * len(self.lengths[d])))
 
     def _examples(self, rng: np.random.Generator) -> list[Example]:
         out: list[Example] = []
@@ -75,6 +85,10 @@ class BucketBatchSampler:
             if frac > 0:
                 take = int(round(frac * len(keys)))
                 chosen += [keys[i] for i in sorted(rng.choice(len(keys), size=take, replace=False))]
+            if not chosen and weight > 0 and d not in self._empty_logged:
+                self._empty_logged.add(d)
+                logger.warning("%s: weight %g of %d utterances draws no example per epoch (round(%g x %d) = 0)",
+                               self.names[d], weight, len(keys), frac, len(keys))
             for key in chosen:
                 tasks = self.eligible[d][key]
                 if not tasks:
@@ -118,10 +132,14 @@ class BucketBatchSampler:
         # Every rank must run the same number of steps (a collective op per step); the few batches that do not divide
         # evenly are left for the next epoch's draw.
         usable = (len(batches) // self.world_size) * self.world_size
-        if usable == 0 and batches:
-            raise ValueError(
-                f"only {len(batches)} batch(es) per epoch for {self.world_size} ranks: lower data.batch_bins"
-                " or add data"
+        if usable == 0:  # a training loop over epochs without a batch would never end
+            mix = ", ".join(f"{name} weight {w:g} -> {self.draws(d)} of {len(self.lengths[d])}"
+                            for d, (name, w) in enumerate(zip(self.names, self.dir_weights)))
+            raise ConfigError(
+                f"data: epoch {epoch + 1} has {len(batches)} batch(es) for {self.world_size} rank(s), so training "
+                f"would never advance. Examples drawn per epoch (weight -> examples of utterances): {mix}. Fix: raise "
+                "data.train weights (a weight w takes int(w) copies of a dir plus round(frac(w) x its size) "
+                "utterances), lower data.batch_bins, or add data"
             )
         return batches[:usable]
 

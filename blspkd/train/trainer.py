@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from blspkd.data.mel import WhisperLogMel, speech_to_feats
 from blspkd.train import checkpoint as ckpt
 from blspkd.train import distributed as D
+from blspkd.train.checks import check_train_config
 from blspkd.train.config import TrainConfig, check_init_from
 from blspkd.train.dataset import TrainingData
 from blspkd.train.sampler import BucketBatchSampler, steps_for
@@ -103,11 +104,8 @@ class Trainer:
         self.rank, self.world, self.device = D.init_distributed()
         self.is_main = self.rank == 0
         self.exp_dir = Path(cfg.exp_dir)
+        check_train_config(cfg)  # everything the config and the file system can tell, before anything is built
         self.autocast_dtype = resolve_precision(cfg.precision, self.device)
-        if cfg.optim.grad_accum < 1:
-            raise ConfigError(f"optim.grad_accum must be >= 1, got {cfg.optim.grad_accum}")
-        if not cfg.data.train:
-            raise ConfigError("data.train is empty: list at least one dump dir (path: dump/<set>)")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.model = model_builder(cfg).to(self.device)
@@ -123,7 +121,7 @@ class Trainer:
         self.sampler = BucketBatchSampler(
             self.train_data.lengths, [d.weight for d in cfg.data.train], self.train_data.eligible,
             [t.weight for t in cfg.data.tasks], cfg.data.batch_bins, cfg.data.max_batch_size, cfg.seed,
-            self.rank, self.world,
+            self.rank, self.world, names=[f"data.train[{i}] ({d.path})" for i, d in enumerate(cfg.data.train)],
         )
         self.valid_data = (
             TrainingData(cfg.data.valid, cfg.data.tasks, cfg.data.batch_type, encoder) if cfg.data.valid else None

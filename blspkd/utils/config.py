@@ -170,6 +170,8 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
         raise bad
     if tp in (int, float) and isinstance(value, bool):
         raise bad
+    if tp is int and isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ConfigError(f"{where}: '{key}' = {value} is out of range (a 64-bit integer)")
     if isinstance(tp, type) and not isinstance(value, tp):
         raise bad
     return value
@@ -218,6 +220,9 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte {e.start}: {e.object[e.start:e.start + 1]!r}); save it as "
+                          "UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -353,12 +358,16 @@ def parse_config(
     """Build ``cls`` from ``--config`` and ``--key value`` overrides (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False,
+        exit_on_error=False,
     )
     parser.add_argument("-h", "--help", action="store_true", help="list every key with its default and exit")
     parser.add_argument("--config", type=str, default=None, help="YAML file with values for any key below")
     parser.add_argument("--print_config", "--print-config", action="store_true", help="print the full config and exit")
-    known, rest = parser.parse_known_args(argv)
+    try:
+        known, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"command line: {e}") from None
     if known.help:
         _print_help(cls, parser)
         sys.exit(0)

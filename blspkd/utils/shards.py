@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+from blspkd.utils.config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 MARKER = ".completed"
@@ -28,7 +30,7 @@ class ShardError(RuntimeError):
 def shard_keys(keys, shard: int, num_shards: int) -> list[str]:
     """Contiguous block ``shard`` (1-based) of ``num_shards`` of the sorted keys."""
     if not 1 <= shard <= num_shards:
-        raise ValueError(f"shard must be in 1..{num_shards} (num_shards), got {shard}")
+        raise ConfigError(f"shard must be in 1..{num_shards} (num_shards), got {shard}")
     keys = sorted(keys)
     n = len(keys)
     return keys[(shard - 1) * n // num_shards: shard * n // num_shards]
@@ -63,7 +65,7 @@ class Shards:
 
     def __init__(self, root: str | Path, num_shards: int):
         if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+            raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
         self.root = Path(root)
         self.dir = self.root / "shards"
         self.num_shards = num_shards
