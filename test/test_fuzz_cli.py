@@ -47,8 +47,8 @@ def _numbers_replaced(base: bytes, value: bytes) -> bytes:
 
 KINDS = ("bytes", "truncate", "encoding", "huge", "insert", "empty", "flip", "duplicate")
 # Model files get the mutations that break them as files (their values are the model configs' to validate).
-FILE_KINDS = {"model/config.json": ("bytes", "truncate", "empty"),
-              "fe/preprocessor_config.json": ("bytes", "truncate", "empty")}
+BREAKING = ("bytes", "truncate", "empty")
+FILE_KINDS = dict.fromkeys(("model/config.json", "model/model.safetensors", "fe/preprocessor_config.json"), BREAKING)
 
 
 @st.composite
@@ -229,6 +229,8 @@ TARGETS = {
                ["conf/export.yaml", "model/config.json", "RESULTS.md"], COSTLY),
     "infer": (lambda r: ["--model", str(r / "model"), "--audio", str(r / "audio/a.wav"), "--max_new_tokens", "2",
                          "--no_stream"], ["audio/a.wav", "model/config.json"], COSTLY),
+    "serve": (lambda r: ["--model", str(r / "model"), "--port", "1"],  # every spoiled model is refused: no server
+              ["model/config.json", "model/model.safetensors"], CHEAP),
     "prepare_pretrained": (lambda r: ["--whisper_out", str(r / "junk_out")], ["junk_out/notes.txt",
                                                                              "junk_out/config.json"], CHEAP),
 }
@@ -260,8 +262,8 @@ def test_malformed_inputs_get_a_clean_error(module, inputs):
 @pytest.mark.parametrize("module", sorted(TARGETS))
 def test_valid_inputs_succeed(module, inputs):
     """The fuzzed inputs start valid: each entry point accepts them unspoiled (else the fuzz tests only errors)."""
-    if module == "prepare_pretrained":
-        pytest.skip("its valid input is a full model conversion (test_convert.py)")
+    if module in ("prepare_pretrained", "serve"):
+        pytest.skip("its valid run is a full model conversion (test_convert.py) / a server (test_serve.py)")
     argv_of, _, _ = TARGETS[module]
     with scratch(inputs) as work, contextlib.chdir(work):
         rc, output = run_main(module, argv_of(work / "in"))

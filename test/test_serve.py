@@ -179,11 +179,12 @@ def test_task_instruction_as_the_cli_uses_it(server, wavs, tiny_model_dir):
 def test_serve_refuses_what_is_not_a_model(tmp_path, capsys):
     from blspkd.bin import serve
 
-    assert serve.main(["--model", str(tmp_path), "--port", "1"]) == 1
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path} is not a BLSP-KD model: neither ")
-    assert serve.main(["--model", str(tmp_path), "--api_key", " "]) == 1
-    assert capsys.readouterr().err == ("error: --api_key is empty; give a non-empty key, or leave it out for no "
-                                       "authentication\n")
+    assert serve.main(["--model", str(tmp_path), "--port", "1"]) == 1  # a data error
+    assert capsys.readouterr().err.startswith(f"python -m blspkd.bin.serve: error: {tmp_path} is not a BLSP-KD "
+                                              "model: neither ")
+    assert serve.main(["--model", str(tmp_path), "--api_key", " "]) == 2  # a usage error
+    assert capsys.readouterr().err == ("python -m blspkd.bin.serve: error: --api_key is empty; give a non-empty key, "
+                                       "or leave it out for no authentication\n")
 
 
 def _post(server, body, **kw):

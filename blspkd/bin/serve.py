@@ -16,16 +16,13 @@ clients send from api_key=...). Details: blspkd/serve.py.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from blspkd.bin._args import opt
+from blspkd.bin._args import ArgumentParser, cli, opt
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m blspkd.bin.serve", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser("python -m blspkd.bin.serve", __doc__)
     p.add_argument("--model", required=True, help="exported dir, model dir, or experiment dir with model/")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 = every interface)")
@@ -46,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from blspkd.utils.logging import setup_logging
@@ -57,16 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     from blspkd.serve import create_app
     from blspkd.utils.config import ConfigError
 
-    try:
-        for name in ("max_new_tokens", "max_batch_size", "max_queue"):
-            if getattr(args, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
-        if args.api_key is not None and not args.api_key.strip():
-            raise ConfigError("--api_key is empty; give a non-empty key, or leave it out for no authentication")
-        llm = SpeechLLM.from_pretrained(args.model, args.device)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    for name in ("max_new_tokens", "max_batch_size", "max_queue"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise ConfigError("--api_key is empty; give a non-empty key, or leave it out for no authentication")
+    llm = SpeechLLM.from_pretrained(args.model, args.device)
     app = create_app(llm, args.served_model_name or args.model, args.api_key, args.max_new_tokens, args.language,
                      args.max_batch_size, args.max_queue)
     print(f"serving {args.model} on http://{args.host}:{args.port}  (page: /, API: /v1/chat/completions"

@@ -8,6 +8,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was when logging was set up: an entry
+    point's ``main`` called in-process (tests, notebooks) after stderr was redirected logs to the redirected stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 def setup_logging(level: str | int = "INFO") -> logging.Logger:
@@ -16,5 +30,5 @@ def setup_logging(level: str | int = "INFO") -> logging.Logger:
     world = os.environ.get("WORLD_SIZE", "1")
     host = socket.gethostname().split(".")[0]
     fmt = f"[{host}:{rank}/{world}] %(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, force=True)
+    logging.basicConfig(level=level, format=fmt, force=True, handlers=[_StderrHandler()])
     return logging.getLogger("blspkd")
