@@ -202,6 +202,7 @@ class BlspKdModel(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **config_overrides) -> BlspKdModel:
         """Rebuild from ``save_pretrained`` output; ``config_overrides`` (e.g. ``llm=...``) replace config fields."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         model_dir = str(model_dir)
@@ -211,8 +212,13 @@ class BlspKdModel(nn.Module):
         config = BlspKdConfig.from_pretrained(model_dir)
         update_from_dict(config, config_overrides, "from_pretrained")
         check_fields(config, "from_pretrained")
+        try:  # before the base models load: a damaged file is refused in a moment
+            state = load_file(str(weights))
+        except SafetensorError as e:
+            raise OSError(f"{weights}: not a readable safetensors file ({e}); the model directory is damaged: re-run "
+                          "the training (or export) that wrote it") from None
         model = cls(config, base_dir=model_dir)
-        missing = model.load_trainable_state_dict(load_file(str(weights)), strict=False)
+        missing = model.load_trainable_state_dict(state, strict=False)
         if missing:
             logger.info("%d trainable tensors not in %s keep their fresh values (e.g. newly enabled PLoRA): %s",
                         len(missing), weights, missing[:3])
