@@ -173,6 +173,7 @@ def inputs(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir, tiny_model_dir) -> 
     write_kv(dump / "continuation", {k: "and so on" for k in ("spk1-u0", "spk1-u1", "spk1-u2")})
     (root / "lists").mkdir()
     (root / "lists" / "utts").write_text("spk1-a\nspk2-c\n")
+    (root / "lists" / "task").write_text("translation")  # the task name bin/tasks is asked about
     (root / "score").mkdir()
     (root / "score" / "ref").write_text("u1 the cat sat\nu2 a dog\n")
     (root / "score" / "hyp").write_text("u1 the cat sat\nu2 a frog\n")
@@ -231,6 +232,8 @@ TARGETS = {
                          "--no_stream"], ["audio/a.wav", "model/config.json"], COSTLY),
     "serve": (lambda r: ["--model", str(r / "model"), "--port", "1"],  # every spoiled model is refused: no server
               ["model/config.json", "model/model.safetensors"], CHEAP),
+    "tasks": (lambda r: ["reference", r.joinpath("lists/task").read_text(encoding="utf-8", errors="replace")],
+              ["lists/task"], CHEAP),
     "prepare_pretrained": (lambda r: ["--whisper_out", str(r / "junk_out")], ["junk_out/notes.txt",
                                                                              "junk_out/config.json"], CHEAP),
 }

@@ -9,15 +9,15 @@ Exit status 2 for an unknown task (the message lists the known ones).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from blspkd import tasks
+from blspkd.bin._args import ArgumentParser, cli
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blspkd.bin.tasks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("python -m blspkd.bin.tasks", __doc__)
     p.add_argument("what", choices=["list", "score_options", "reference"])
     p.add_argument("task", nargs="?", help="a task name (score_options, reference)")
     args = p.parse_args(argv)
@@ -26,12 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.task is None:
         p.error(f"{args.what} needs a task name")
-    try:
-        print(" ".join(tasks.score_options(args.task)) if args.what == "score_options"
-              else tasks.get_task(args.task).reference)
-    except tasks.TaskError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    print(" ".join(tasks.score_options(args.task)) if args.what == "score_options"
+          else tasks.get_task(args.task).reference)  # an unknown task: a TaskError, i.e. a ConfigError (exit 2)
     return 0
 
 
