@@ -116,7 +116,7 @@ def test_stage2_refuses_or_counts_every_bad_recording(tmp_path, fe_dir):
     data, reasons = bad_audio_corpus(tmp_path)
     with pytest.raises(AudioError, match=r"wav.scp:\d+: recording 'spk1-adir': a directory, not an audio file"):
         extract_shard(data, tmp_path / "strict", fe_dir, 1, 1)
-    assert not (tmp_path / "strict" / "shards" / "done.1").exists()
+    assert not (tmp_path / "strict" / "shards" / ".completed.1").exists()
     out = tmp_path / "dump"
     stats = extract_shard(data, out, fe_dir, 1, 1, skip_bad_audio=True)
     expected = {}
