@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,9 @@ def prompt_ids(framing: ChatFraming, instruction: str | None, text: str) -> list
 
 
 def one_line(text: str) -> str:
-    return " ".join(text.split())
+    """Generated text as one value of a data file: runs of whitespace and control characters (an LLM can emit them;
+    the data-dir reader refuses them, blspkd/data/kaldi_dir.py) become one space."""
+    return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in text).split())
 
 
 class RefusalFilter:
