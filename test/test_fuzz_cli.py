@@ -191,6 +191,7 @@ def inputs(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir, tiny_model_dir) -> 
     (root / "conf" / "export.yaml").write_text("copy_base: false\n")
     shutil.copytree(tiny_model_dir, root / "model")
     shutil.copytree(tiny_llm_dir, root / "llm")
+    shutil.copytree(tiny_whisper_dir, root / "whisper")
     (root / "RESULTS.md").write_text("| set | WER |\n|---|---|\n| test | 12.5 |\n")
     (root / "junk_out").mkdir()
     (root / "junk_out" / "notes.txt").write_text("mine\n")
@@ -234,6 +235,8 @@ TARGETS = {
               ["model/config.json", "model/model.safetensors"], CHEAP),
     "tasks": (lambda r: ["reference", r.joinpath("lists/task").read_text(encoding="utf-8", errors="replace")],
               ["lists/task"], CHEAP),
+    "dump_encoder_outputs": (lambda r: ["--dump_dir", str(r / "dump"), "--speech_encoder", str(r / "whisper")],
+                             DUMP_FILES, COSTLY),
     "prepare_pretrained": (lambda r: ["--whisper_out", str(r / "junk_out")], ["junk_out/notes.txt",
                                                                              "junk_out/config.json"], CHEAP),
 }

@@ -18,6 +18,7 @@ from blspkd.teacher import (
     TeacherConfig,
     framing_settings,
     merge,
+    one_line,
     prompt_ids,
     run_shard,
     write_utt2num_tokens,
@@ -63,7 +64,7 @@ def reference_continuation(llm_dir, instruction: str, text: str, max_new: int, s
             new.append(nxt)
     if finished is not None:
         finished.append(stopped)
-    return " ".join(tok.decode(new, skip_special_tokens=True).split())
+    return one_line(tok.decode(new, skip_special_tokens=True))
 
 
 def test_utt2num_tokens_counts_transcript_tokens_without_specials(dump_dir, tiny_llm_dir):
@@ -188,7 +189,7 @@ def test_greedy_ignores_the_llm_repetition_penalty(dump_dir, tiny_llm_dir, tmp_p
     for k, t in TEXTS.items():
         ids = torch.tensor([prompt_ids(ChatFraming(tok), CONTINUE, t)])
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-        penalised[k] = " ".join(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split())
+        penalised[k] = one_line(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     assert penalised != expected
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from blspkd.bin._args import run_main
+from blspkd.bin._args import cli
 from blspkd.utils.config import ConfigError, parse_config
 from blspkd.utils.logging import setup_logging
 
@@ -29,21 +29,17 @@ class DumpEncoderConfig:
     log_level: str = "INFO"
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        cfg = parse_config(DumpEncoderConfig, argv, prog="python -m blspkd.bin.dump_encoder_outputs",
-                           description=__doc__)
-        if not cfg.dump_dir or not cfg.speech_encoder:
-            raise ConfigError("--dump_dir and --speech_encoder are required")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+@cli
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(DumpEncoderConfig, argv, prog="python -m blspkd.bin.dump_encoder_outputs", description=__doc__)
+    if not cfg.dump_dir or not cfg.speech_encoder:
+        raise ConfigError("--dump_dir and --speech_encoder are required")
     setup_logging(cfg.log_level)
     from blspkd.data.encoder_cache import dump_encoder_outputs
 
-    run_main(lambda: dump_encoder_outputs(cfg.dump_dir, cfg.speech_encoder, cfg.pad_to_30s, cfg.batch_frames,
-                                          cfg.device) and 0)
+    dump_encoder_outputs(cfg.dump_dir, cfg.speech_encoder, cfg.pad_to_30s, cfg.batch_frames, cfg.device)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
