@@ -29,7 +29,7 @@ import torch
 
 from blspkd.data.audio_dump import RawAudio, is_raw_dump
 from blspkd.data.feats_io import Fp16Matrices, load_scp, write_fp16_matrices
-from blspkd.data.kaldi_dir import read_kv
+from blspkd.data.kaldi_dir import DataDirError, read_counts
 from blspkd.data.mel import WhisperLogMel
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def dump_encoder_outputs(dump_dir: str | Path, speech_encoder: str, pad_to_30s: 
     dump_dir = Path(dump_dir)
     encoder = WhisperSpeechEncoder(speech_encoder, freeze=True, pad_to_30s=pad_to_30s).to(device).eval()
     record = encoder_record(encoder, speech_encoder)
-    lengths = {k: int(v) for k, v in read_kv(dump_dir / "utt2num_frames").items()}
+    lengths = read_counts(dump_dir / "utt2num_frames")
     info_path = dump_dir / INFO
     if info_path.is_file():
         info = json.loads(info_path.read_text())
@@ -88,8 +88,8 @@ def dump_encoder_outputs(dump_dir: str | Path, speech_encoder: str, pad_to_30s: 
     feats = RawAudio(dump_dir) if mel else load_scp(dump_dir / "feats.scp")
     missing = sorted(set(lengths) - set(feats))
     if missing:
-        raise ValueError(f"{dump_dir}/utt2num_frames lists {len(missing)} utterance(s) without features in "
-                         f"{'wav.scp' if mel else 'feats.scp'} (first: {missing[0]}); re-run stage 2 for this dir")
+        raise DataDirError(f"{dump_dir}/utt2num_frames lists {len(missing)} utterance(s) without features in "
+                           f"{'wav.scp' if mel else 'feats.scp'} (first: {missing[0]}); re-run stage 2 for this dir")
 
     def outputs() -> Iterator[tuple[str, np.ndarray]]:
         for keys in _batches(lengths, batch_frames):
@@ -125,7 +125,7 @@ def load_encoder_outputs(dump_dir: str | Path, expected: dict) -> Fp16Matrices:
         )
     info = json.loads(info_path.read_text())
     if info.get("sha256") != expected["sha256"] or info.get("pad_to_30s") != expected["pad_to_30s"]:
-        raise ValueError(
+        raise DataDirError(
             f"{info_path}: the cached encoder outputs were written by {_describe(info)}, but this model's speech "
             f"encoder is {_describe(expected)}; re-run stage 2 with --encoder_cache true (--force true) for this "
             "encoder, or set data.encoder_cache: false"
