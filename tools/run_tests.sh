@@ -2,7 +2,7 @@
 # Run the blspkd test suite on CPU, offline, installing whatever is missing first.
 #
 # Usage (from anywhere):
-#   bash tools/run_tests.sh                 # the whole suite (about 11 min on a 2-core CPU)
+#   bash tools/run_tests.sh                 # the whole suite (about 17 min on a 2-core CPU)
 #   bash tools/run_tests.sh -m "not slow"   # the quick part (a few minutes)
 #   bash tools/run_tests.sh test/test_cif.py -k gradcheck   # any pytest arguments
 set -euo pipefail
