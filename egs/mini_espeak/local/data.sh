@@ -3,7 +3,7 @@
 # prepare test_real from Debian's pocketsphinx LibriVox clips. Deterministic given --seed.
 #
 # Usage (blspkd.sh stage 1 runs it with --local_data_opts):
-#   local/data.sh [--num_train 2000] [--num_dev 100] [--num_test 100] [--seed 0] [--nj <cores>]
+#   local/data.sh [--num_train 5000] [--num_dev 100] [--num_test 100] [--seed 0] [--nj <cores>]
 #   ./run.sh --stage 1 --stop_stage 1 --local_data_opts "--num_train 200"   # a smaller corpus
 #
 # Output: data/{train,dev,test,test_real}/{wav.scp,text,utt2spk,spk2utt}, wavs under downloads/espeak_wav/,
@@ -14,7 +14,7 @@ log() {
     echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
 }
 
-num_train=2000
+num_train=5000
 num_dev=100
 num_test=100
 seed=0
