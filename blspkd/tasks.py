@@ -65,11 +65,11 @@ register(Task("continuation", "Continue the following text in a coherent style: 
               description="response = the LLM's continuation of the transcript (BLSP's behaviour alignment)"))
 register(Task("translation", "Translate the following speech into {language}.", "translation", "translation",
               ("bleu", "chrf"), partial_references=True, description="response = the translation file"))
-register(Task("spoken_instruction", None, "response", "response", ("align",), utterance_instruction="optional",
+register(Task("spoken_instruction", None, "response", "response", ("align", "exact"), utterance_instruction="optional",
               teacher=True, partial_references=True,
               description="the speech is the request (optionally after the per-utterance instruction); "
               "response = the LLM's answer to its transcript"))
-register(Task("instruction", None, "response", "response", ("align",), utterance_instruction="required",
+register(Task("instruction", None, "response", "response", ("align", "exact"), utterance_instruction="required",
               teacher=True, partial_references=True,
               description="a text instruction (given, or per utterance) about the speech; response = the LLM's "
               "answer over the transcript"))

@@ -242,6 +242,24 @@ def teacher_instructions(cfg: TeacherConfig, dump_dir: Path, keys: list[str]) ->
     return tasks.utterance_instructions(cfg.task, keys, per_utt, str(per_utt_path), cfg.instruction)
 
 
+def teacher_texts(cfg: TeacherConfig, dump_dir: Path) -> dict[str, str]:
+    """The transcripts the teacher answers: every one, except for a task whose instruction can only come from the
+    utterances (``required``, none given): then those the ``instruction`` file names, because a training set gives
+    instructions to a subset of its utterances (blspkd/instruction_eval.py). The others are counted in the log."""
+    text = read_kv(dump_dir / "text")
+    path = dump_dir / "instruction"
+    if tasks.get_task(cfg.task).utterance_instruction != "required" or cfg.instruction or not path.is_file():
+        return text
+    named = {k for k, v in read_kv(path).items() if v.strip()}
+    kept = {k: t for k, t in text.items() if k in named}
+    if not kept:
+        raise DataDirError(f"{path}: names none of the utterances of {dump_dir / 'text'}; give them instructions")
+    if len(kept) < len(text):
+        logger.info("%s: %d of the %d utterances have an instruction; the teacher answers those", path, len(kept),
+                    len(text))
+    return kept
+
+
 def shard_signature(cfg: TeacherConfig, text: dict[str, str], instructions: dict[str, str | None]) -> dict:
     """What a shard's responses depend on; lines or markers of any other signature are not reused."""
     system_prompt, separator = framing_settings(cfg)
@@ -258,7 +276,7 @@ def run_shard(cfg: TeacherConfig) -> dict[str, float]:
     teacher_task(cfg)
     dump_dir = Path(cfg.dump_dir)
     shards = Shards(dump_dir / "teacher" / cfg.task, cfg.num_shards)
-    text = read_kv(dump_dir / "text")
+    text = teacher_texts(cfg, dump_dir)
     keys = shard_keys(text, cfg.shard, cfg.num_shards)
     instructions = teacher_instructions(cfg, dump_dir, keys)
     signature = shard_signature(cfg, text, instructions)
@@ -324,7 +342,7 @@ def merge(cfg: TeacherConfig) -> dict[str, str]:
     records: dict[str, dict] = {}
     for j, marker in enumerate(markers, 1):
         records.update(_read_lines(_lines_file(shards, j), marker["signature"]) or {})
-    all_keys = list(read_kv(dump_dir / "text"))
+    all_keys = list(teacher_texts(cfg, dump_dir))
     missing = [k for k in all_keys if k not in records]
     if missing:
         raise RuntimeError(f"{shards.dir}: {len(missing)} utterances of {dump_dir / 'text'} have no teacher response "

@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import soundfile as sf
 from fixtures.audio import synth_speech
 
 from blspkd.bin import infer
+from blspkd.headless_page import wait_done
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -320,33 +320,13 @@ def test_api_key_is_required_when_given(tiny_model_dir, wavs, expected):
 
 
 def _chrome():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            break
-    else:
-        pytest.skip("no chromium to drive (apt-get install chromium chromium-driver; tools/install.sh does)")
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None:
-        pytest.skip("chromedriver not found (apt-get install chromium-driver; tools/install.sh does)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which(name)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,1100",
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream", "--no-proxy-server"):
-        options.add_argument(arg)
-    from selenium.webdriver.chrome.service import Service
+    from blspkd.headless_page import NoBrowser, chromium
 
-    return webdriver.Chrome(service=Service(driver_path), options=options)
-
-
-def _wait_done(driver, seconds: float = 90) -> str:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, seconds).until(
-        lambda d: d.find_element(By.ID, "status").text in ("Done.",) or "error" in
-        d.find_element(By.ID, "status").get_attribute("class"))
-    return driver.find_element(By.ID, "status").text
+    pytest.importorskip("selenium.webdriver")
+    try:
+        return chromium()
+    except NoBrowser as e:
+        pytest.skip(str(e))
 
 
 def test_page_in_headless_chromium(server, wavs, expected, tmp_path):
@@ -369,7 +349,7 @@ def test_page_in_headless_chromium(server, wavs, expected, tmp_path):
         driver.find_element(By.ID, "file").send_keys(str(wavs[0]))
         WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "send").is_enabled())
         driver.find_element(By.ID, "send").click()
-        assert _wait_done(driver) == "Done."
+        assert wait_done(driver) == "Done."
         # textContent: the exact string (.text is what is rendered; the random model writes control characters)
         assert driver.find_element(By.ID, "answer").get_attribute("textContent") == expected[wavs[0]]
         duration = driver.find_element(By.ID, "stat-duration").text
@@ -389,7 +369,7 @@ def test_page_in_headless_chromium(server, wavs, expected, tmp_path):
         driver.find_element(By.ID, "record").click()
         WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "audio-info").text.startswith("recording."))
         driver.find_element(By.ID, "send").click()
-        assert _wait_done(driver) == "Done.", driver.find_element(By.ID, "status").text
+        assert wait_done(driver) == "Done.", driver.find_element(By.ID, "status").text
         assert driver.find_element(By.ID, "answer").get_attribute("textContent").strip()
         assert 1.0 < float(driver.find_element(By.ID, "stat-duration").text.split()[0]) < 3.0
     finally:

@@ -116,7 +116,9 @@ class PrefixKVStore:
 
             gathered: list = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, missing)
-            missing = sorted({p for rank in gathered for p in rank if (context, p) not in self._entries})
+            # Every rank builds the whole union, also prefixes it still holds: the LRU can have dropped different
+            # entries on different ranks, and each build is a collective that all ranks must run in the same order.
+            missing = sorted({p for rank in gathered for p in rank})
         for prefix in missing:
             self._entries[(context, prefix)] = build(list(prefix))
             self.built += 1

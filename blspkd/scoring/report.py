@@ -6,6 +6,7 @@ Per decode dir (written by ``write_set_results``):
   errors_{wer,cer}.txt    sclite-style alignments of the utterances with errors, most errors first
   utts_{wer,cer}.jsonl    every utterance: raw and normalised texts, S/D/I/H counts, aligned ops (key order)
   sentences_{bleu,align}.jsonl  sentence BLEU and chrF per utterance, worst first
+  sentences_exact.jsonl   the normalised reference and hypothesis of every utterance, mismatches first
 
 RESULTS.md (``write_results_md``) collects every ``result.json`` under the given roots with what sits beside it:
 ``decode_config.yaml`` (decode settings), ``hyp.jsonl``, the model dir's configs. Config hashes are sha256 of the
@@ -41,6 +42,7 @@ METRIC_LABELS = {
     "chrf": "chrF",
     "align_bleu": "align BLEU",
     "align_chrf": "align chrF",
+    "exact": "exact match (%)",
 }
 
 
@@ -54,6 +56,8 @@ def metric_details(name: str, m: dict) -> str:
     """The short detail column of a metric: S/D/I/N for error rates, n-gram precisions and BP for BLEU."""
     if name in ("wer", "cer"):
         return f"S={m['substitutions']} D={m['deletions']} I={m['insertions']} N={m['num_ref']}"
+    if name == "exact":
+        return f"{m['num_exact']}/{m['num_utts']} after the normaliser"
     if "precisions" in m:
         return "/".join(f"{p:.1f}" for p in m["precisions"]) + f" BP={m['brevity_penalty']:.3f}"
     return ""
@@ -69,13 +73,15 @@ def format_result_txt(s: dict, confusions: dict[str, dict], files: list[str]) ->
         f"language: {s['lang']}",
     ]
     if s["normalizer"]:
-        lines.append(f"normaliser (WER/CER): {s['normalizer']}")
+        lines.append(f"normaliser (WER/CER/exact match): {s['normalizer']}")
     if s["bleu_tokenizer"]:
         lines.append(f"BLEU tokeniser: {s['bleu_tokenizer']} (BLEU/chrF use the raw, un-normalised text)")
     lines.append("")
     for name, m in s["metrics"].items():
         label = METRIC_LABELS[name]
-        if name in ("wer", "cer"):
+        if name == "exact":
+            lines.append(f"{label:<11} {m['score']:.2f}  [{metric_details(name, m)}]")
+        elif name in ("wer", "cer"):
             lines.append(
                 f"{label:<11} {m['score']:.2f}  [{metric_details(name, m)}, hits={m['hits']}]  "
                 f"sentence error rate {m['sentence_error_rate']:.2f}% ({m['num_utts_with_errors']}/{m['num_utts']})"
@@ -258,7 +264,7 @@ def _reproduce_section(e: dict) -> str:
         f"{r['num_empty_hyp']} empty hypotheses; language `{r['lang']}`"
     )
     if r.get("normalizer"):
-        lines.append(f"- WER/CER normaliser: {r['normalizer']}")
+        lines.append(f"- WER/CER/exact-match normaliser: {r['normalizer']}")
     sigs = [f"{METRIC_LABELS.get(n, n)} `{m['signature']}`" for n, m in r["metrics"].items() if "signature" in m]
     if sigs:
         lines.append("- sacrebleu signatures: " + "; ".join(sigs))
@@ -307,7 +313,8 @@ def write_results_md(entries: list[dict], path: str | Path, command: str = "") -
         f"- environment: python {platform.python_version()}, "
         + ", ".join(f"{k} {v}" for k, v in versions.items()),
         "- WER/CER in percent after the normaliser named per row below; BLEU/chrF on raw text (sacrebleu signatures "
-        "below); `align` = behaviour alignment (speech-input responses against the LLM's text-input responses).",
+        "below); `align` = behaviour alignment (speech-input responses against the LLM's text-input responses); "
+        "exact match = hypotheses equal to the reference after the WER normaliser.",
         "- Hashes: sha256 of the resolved configs (key order and formatting do not matter), first 12 hex digits.",
         "",
         "## Results",

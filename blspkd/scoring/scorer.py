@@ -2,7 +2,9 @@
 
 Metrics: ``wer`` and ``cer`` (jiwer, after the normaliser of normalize.py), ``bleu`` and ``chrf`` (sacrebleu, raw text),
 ``align`` (behaviour alignment: BLEU and chrF of speech-input responses against the teacher's text-input responses, so
-the reference is the teacher response file, e.g. dump/<set>/continuation), ``all`` = wer, cer, bleu, chrf.
+the reference is the teacher response file, e.g. dump/<set>/continuation), ``exact`` (the percentage of utterances
+whose hypothesis equals the reference after the WER normaliser: an answer that says the same thing in the same
+words), ``all`` = wer, cer, bleu, chrf.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .wer import ErrorRate, error_rate
 
 log = logging.getLogger(__name__)
 
-METRICS = ("wer", "cer", "bleu", "chrf", "align")
+METRICS = ("wer", "cer", "bleu", "chrf", "align", "exact")
 RESULT_FORMAT = "blspkd-score-1"
 
 
@@ -65,6 +67,15 @@ class ScoreResult:
     hyps: dict[str, str] = field(default_factory=dict)
 
 
+def exact_match(keys: list[str], refs: dict[str, str], hyps: dict[str, str], normalize) -> tuple[dict, list[dict]]:
+    """The exact-match rate (%) after ``normalize`` and the per-utterance records (mismatches first)."""
+    rows = [{"key": k, "exact": normalize(refs[k]) == normalize(hyps[k]), "ref": normalize(refs[k]),
+             "hyp": normalize(hyps[k])} for k in keys]
+    n_exact = sum(r["exact"] for r in rows)
+    summary = {"score": 100.0 * n_exact / max(len(keys), 1), "num_exact": n_exact, "num_utts": len(keys)}
+    return summary, sorted(rows, key=lambda r: r["exact"])
+
+
 def score_files(
     ref_path: str | Path,
     hyp_path: str | Path,
@@ -101,11 +112,13 @@ def score_files(
         elif name == "align":
             scores["align_bleu"] = corpus_bleu(hyp_list, ref_list, tokenize)
             scores["align_chrf"] = corpus_chrf(hyp_list, ref_list)
+        elif name == "exact":
+            scores["exact"], result.sentences["exact"] = exact_match(keys, refs, hyps, normalize)
         if name in ("bleu", "chrf", "align"):
             group = "align" if name == "align" else "bleu"
             if group not in result.sentences:
                 result.sentences[group] = sentence_scores(keys, hyp_list, ref_list, tokenize)
-    uses_normalizer = any(m in ("wer", "cer") for m in metrics)
+    uses_normalizer = any(m in ("wer", "cer", "exact") for m in metrics)
     scorers = ["jiwer"] * uses_normalizer + ["sacrebleu"] * any(m in ("bleu", "chrf", "align") for m in metrics)
     if uses_normalizer and resolve_normalizer(normalizer, lang) == "whisper_en":
         scorers.append("transformers")

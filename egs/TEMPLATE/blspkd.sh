@@ -82,6 +82,11 @@ encoder_cache_args=""   # extra options for python -m blspkd.bin.dump_encoder_ou
 # Teacher data (stage 3)
 teacher_args=""         # extra options for the teacher data generation
 continuation_sets=""    # sets that get LLM continuations in stage 3 (empty: every set); all get token counts
+# Instruction following (stages 3, 6, 7; blspkd/instruction_eval.py): references are the LLM's answers to the text
+instruction_config=""   # YAML of named text instructions over test speech (and the text before spoken requests)
+instruction_sets=""     # test sets dealt out to those instructions: ${dumpdir}/<set>_<name>, decoded with each
+spoken_request_sets=""  # test sets whose speech is the request (spoken questions), answered from speech and text
+instruction_exps=""     # further exp dirs whose instruction following stages 6-7 measure too (e.g. exp/pretrain)
 # Training (stages 4-5)
 warmstart_config=""     # YAML of an optional first phase of stage 4 (cif_ce warm start); KD starts from its model
 pretrain_config=""      # YAML of KD pretraining (stage 4)
@@ -168,6 +173,15 @@ for n in nj inference_nj ngpu num_nodes; do
     [[ ${!n} =~ ^[0-9]+$ ]] || die "--${n} must be a non-negative integer, got '${!n}'"
 done
 [ "${nj}" -ge 1 ] || die "--nj must be at least 1"
+if [ -n "${instruction_sets}${spoken_request_sets}" ]; then
+    [ -n "${instruction_config}" ] || die "--instruction_sets/--spoken_request_sets need --instruction_config (a YAML" \
+        "of named instructions, see blspkd/instruction_eval.py)"
+    [ -f "${instruction_config}" ] || die "--instruction_config ${instruction_config}: no such file"
+    for s in ${instruction_sets} ${spoken_request_sets}; do
+        [[ " ${test_sets} " == *" ${s} "* ]] || die "--instruction_sets/--spoken_request_sets: '${s}' is not one of" \
+            "--test_sets '${test_sets}'"
+    done
+fi
 
 # True when stage $1 lies in [stage, stop_stage] and no --skip_* switch drops it.
 stage_requested() {
@@ -226,6 +240,46 @@ all_sets() {
     done
 }
 sets=$(all_sets)
+# The instruction-following dump dirs (<set>_<name>, written by stage 3) and the settings of their answers.
+instruction_derived_sets=""
+instruction_max_new_tokens=48
+instruction_train_utts=0
+if [ -n "${instruction_config}" ]; then
+    instruction_derived_sets=$(python -m blspkd.bin.make_instruction_sets --config "${instruction_config}" \
+        --names "${instruction_sets}") || die "--instruction_config ${instruction_config}: see the error above"
+    instruction_max_new_tokens=$(python -m blspkd.bin.make_instruction_sets --config "${instruction_config}" \
+        --get max_new_tokens)
+    instruction_train_utts=$(python -m blspkd.bin.make_instruction_sets --config "${instruction_config}" \
+        --get train_num_utts)
+fi
+in_list() {  # in_list <word> <list>
+    [[ " $2 " == *" $1 "* ]]
+}
+# The teacher tasks stage 3 runs on set $1 (besides token counts).
+teacher_tasks() {
+    if in_list "$1" "${instruction_derived_sets}"; then echo instruction; return; fi
+    { [ -n "${continuation_sets}" ] && ! in_list "$1" "${continuation_sets}"; } || echo continuation
+    ! in_list "$1" "${spoken_request_sets}" || echo spoken_instruction
+    [ "$1" != "${train_set}" ] || [ "${instruction_train_utts}" -eq 0 ] || echo instruction
+}
+# The decoding passes of set $1, one "decode dir name|decode options" per line; $2 = all, or instruction (only the
+# instruction-following passes: what --instruction_exps decode).
+decode_passes() {
+    local dset=$1 mode=$2 suffix=${inference_tag:+_${inference_tag}}
+    local answer_opts="--instruction null --max_new_tokens ${instruction_max_new_tokens}"
+    if in_list "${dset}" "${instruction_derived_sets}"; then
+        echo "decode_${dset}${suffix}|--task instruction ${answer_opts}"
+        return
+    fi
+    if [ "${mode}" = all ]; then
+        # The task of decode_config (transcription unless it says otherwise), and the behaviour-alignment pass:
+        # continuations from speech where stage 3 wrote the LLM's continuations from text (its 48-token limit).
+        echo "decode_${dset}${suffix}|"
+        [ ! -f "${dumpdir}/${dset}/continuation" ] || \
+            echo "decode_${dset}${suffix}_continuation|--task continuation --instruction null --max_new_tokens 48"
+    fi
+    ! in_list "${dset}" "${spoken_request_sets}" || echo "decode_${dset}${suffix}_answer|--task spoken_instruction ${answer_opts}"
+}
 
 mkdir -p "${expdir}"
 {
@@ -355,53 +409,80 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
     done
     model_configs_opt=(--model_configs "[$(IFS=,; echo "${model_configs[*]-}")]")
     configs_md5=$(cat "${model_configs[@]+"${model_configs[@]}"}" /dev/null | md5sum | cut -d' ' -f1)
-    for dset in ${sets}; do
-        out=${dumpdir}/${dset}
+    _cmd=${decode_cmd}
+    _opts=""
+    if ${gpu_inference}; then _cmd=${cuda_cmd}; _opts="--gpu 1"; fi
+    # teacher_answers <dump dir> <task> <jobs>: the LLM's text-input answers of a teacher task, sharded and resumable.
+    teacher_answers() {
+        local out=$1 task=$2 _nj=$3 task_opts=(--task "$2")
+        [ "${task}" = continuation ] || task_opts+=(--max_new_tokens "${instruction_max_new_tokens}")
+        if [ -d "${out}/teacher/${task}" ] && ${force}; then
+            log "stage 3: removing ${out}/teacher/${task} (--force)"
+            rm -rf "${out}/teacher/${task}"
+        fi
+        log "stage 3: teacher ${task} answers of ${out} ($(wc -l < "${out}/text") utterances) in ${_nj} jobs" \
+            "(logs: ${out}/log/teacher_${task}.*.log; resumable: re-running redoes only what is missing)"
+        # shellcheck disable=SC2086
+        ${_cmd} ${_opts} JOB=1:"${_nj}" "${out}/log/teacher_${task}.JOB.log" \
+            python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" "${model_configs_opt[@]}" \
+                "${task_opts[@]}" --num_shards "${_nj}" --shard JOB ${teacher_args}
+        # shellcheck disable=SC2086
+        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" "${model_configs_opt[@]}" \
+            "${task_opts[@]}" --num_shards "${_nj}" --merge true ${teacher_args} 2>&1 \
+            | tee "${out}/log/teacher_${task}_merge.log"
+        [ -f "${out}/teacher/${task}/.completed" ] || die "stage 3: merging the teacher shards of ${out} failed;" \
+            "see ${out}/log/teacher_${task}_merge.log"
+    }
+    # teacher_data <set>: token counts (the CIF targets N, seconds, no generation) and the set's teacher tasks.
+    teacher_data() {
+        local dset=$1 out=${dumpdir}/$1 tasks task complete=true
         [ -f "${out}/.completed" ] || die "stage 3: ${out} is not a complete dump dir: run stage 2 first"
         mkdir -p "${out}/log"
         num_utts=$(wc -l < "${out}/text")
         _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
+        tasks=$(echo $(teacher_tasks "${dset}"))  # one line: in_list matches words between spaces
+        if in_list spoken_instruction "${tasks}"; then
+            python -m blspkd.bin.make_instruction_sets --config "${instruction_config}" --spoken_requests "${out}"
+        fi
+        if [ "${dset}" = "${train_set}" ] && in_list instruction "${tasks}"; then
+            python -m blspkd.bin.make_instruction_sets --config "${instruction_config}" --train_dir "${out}"
+        fi
         # The teacher's shards carry their own settings (blspkd/teacher.py): what changed is regenerated, the rest kept.
         signature="llm=$(cd "${llm}" && pwd) nj=${_nj} ${teacher_args} | configs: ${configs_md5}"
         signature+=" | $(md5sum < "${out}/text" | cut -d' ' -f1)"
-        continuations=true
-        if [ -n "${continuation_sets}" ] && [[ " ${continuation_sets} " != *" ${dset} "* ]]; then
-            continuations=false
+        if [ -z "${tasks}" ]; then
             signature="token counts only | ${signature}"
+        elif [ "${tasks}" != continuation ]; then
+            signature+=" | tasks: $(echo ${tasks}) max_new_tokens=${instruction_max_new_tokens}"
+            signature+=" $(cat "${out}/instruction" 2>/dev/null | md5sum | cut -d' ' -f1)"
         fi
-        if [ -f "${out}/utt2num_tokens" ] && { ! ${continuations} || [ -f "${out}/continuation" ]; } \
-                && stage_done "${out}" 3 "${signature}"; then
+        for task in ${tasks}; do
+            [ -f "${out}/$(python -m blspkd.bin.tasks reference "${task}")" ] || complete=false
+        done
+        if [ -f "${out}/utt2num_tokens" ] && ${complete} && stage_done "${out}" 3 "${signature}"; then
             log "stage 3: ${out} already has its teacher data with the same options; skipping (--force true redoes it)"
-            continue
-        fi
-        # Token counts (the CIF targets N) for every set: seconds, no generation.
-        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" --task tokens \
-            2>&1 | tee "${out}/log/utt2num_tokens.log"
-        if ! ${continuations}; then
-            log "stage 3: ${out}: token counts only (not in --continuation_sets '${continuation_sets}')"
-            mark_stage_done "${out}" 3 "${signature}"
-            continue
-        fi
-        if [ -d "${out}/teacher" ] && ${force}; then
-            log "stage 3: removing ${out}/teacher (--force)"
-            rm -rf "${out}/teacher"
+            return
         fi
         rm -f "${out}/.completed.stage3"
-        _cmd=${decode_cmd}
-        _opts=""
-        if ${gpu_inference}; then _cmd=${cuda_cmd}; _opts="--gpu 1"; fi
-        log "stage 3: teacher continuations of ${out} (${num_utts} utterances) in ${_nj} jobs" \
-            "(logs: ${out}/log/teacher.*.log; resumable: re-running redoes only what is missing)"
-        # shellcheck disable=SC2086
-        ${_cmd} ${_opts} JOB=1:"${_nj}" "${out}/log/teacher.JOB.log" \
-            python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" "${model_configs_opt[@]}" \
-                --num_shards "${_nj}" --shard JOB ${teacher_args}
-        # shellcheck disable=SC2086
-        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" "${model_configs_opt[@]}" \
-            --num_shards "${_nj}" --merge true ${teacher_args} 2>&1 | tee "${out}/log/teacher_merge.log"
-        [ -f "${out}/teacher/continuation/.completed" ] || die "stage 3: merging the teacher shards of ${out} failed;" \
-            "see ${out}/log/teacher_merge.log"
+        python -m blspkd.bin.make_teacher_data --dump_dir "${out}" --llm "${llm}" --task tokens \
+            2>&1 | tee "${out}/log/utt2num_tokens.log"
+        [ -n "${tasks}" ] || log "stage 3: ${out}: token counts only (not in --continuation_sets '${continuation_sets}')"
+        for task in ${tasks}; do
+            teacher_answers "${out}" "${task}" "${_nj}"
+        done
         mark_stage_done "${out}" 3 "${signature}"
+    }
+    for dset in ${sets}; do
+        teacher_data "${dset}"
+    done
+    # Instruction following: each instruction gets its own subset of the set (after the set's token counts, which the
+    # subsets copy), and the LLM's answers to it over the transcripts.
+    for dset in ${instruction_sets}; do
+        python -m blspkd.bin.make_instruction_sets --config "${instruction_config}" --dump_dir "${dumpdir}/${dset}" \
+            2>&1 | tee "${dumpdir}/${dset}/log/instruction_sets.log"
+    done
+    for dset in ${instruction_derived_sets}; do
+        teacher_data "${dset}"
     done
     log "stage 3 done (${SECONDS} s elapsed)"
 fi
@@ -511,7 +592,6 @@ inference_model_dir() {
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
     [ -n "${test_sets}" ] || die "stage 6 needs --test_sets"
     exp=$(inference_exp_dir)
-    model=$(inference_model_dir "${exp}")
     write_stage_script "${exp}/run_stage6.sh" 6
     decode_opts=()
     [ -z "${decode_config}" ] || decode_opts+=(--config "${decode_config}")
@@ -522,42 +602,49 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
         _cmd=${decode_cmd}
         decode_opts+=(--device cpu)
     fi
-    suffix=${inference_tag:+_${inference_tag}}
-    log "stage 6: decoding ${test_sets} with ${model} (${decode_config:-default settings} ${decode_args})"
-    for dset in ${test_sets}; do
-        src=${dumpdir}/${dset}
-        [ -f "${src}/.completed" ] || die "stage 6: ${src} is not a complete dump dir: run stage 2 (and 3) first"
-        num_utts=$(wc -l < "${src}/text")
-        _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
-        [ "${_nj}" -ge 1 ] || _nj=1
-        # CPU jobs share the cores instead of each starting one thread per core.
-        threads=$((ncores / _nj)); [ "${threads}" -ge 1 ] || threads=1
-        thread_opt=""
-        ${gpu_inference} || thread_opt="--num_threads ${threads}"
-        # The task of decode_config (transcription unless it says otherwise), and the behaviour-alignment pass:
-        # continuations from speech where stage 3 wrote the LLM's continuations from text (its 48-token limit).
-        passes=("decode_${dset}${suffix}|")
-        [ ! -f "${src}/continuation" ] || \
-            passes+=("decode_${dset}${suffix}_continuation|--task continuation --instruction null --max_new_tokens 48")
-        for pass in "${passes[@]}"; do
-            ddir=${exp}/${pass%%|*}
-            # shellcheck disable=SC2206
-            task_opts=(${pass#*|})
-            mkdir -p "${ddir}/log"
-            start=${SECONDS}
-            # Each shard skips itself when already decoded with the same settings and model (see blspkd/decode.py).
-            # shellcheck disable=SC2086
-            ${_cmd} ${thread_opt} JOB=1:"${_nj}" "${ddir}/log/decode.JOB.log" \
+    # decode_exp <exp dir> <all|instruction>: every decoding pass (decode_passes) of every test set with its model.
+    decode_exp() {
+        local exp=$1 mode=$2 model dset src pass ddir passes
+        model=$(inference_model_dir "${exp}")
+        log "stage 6: decoding ${test_sets} ${instruction_derived_sets} (${mode} passes) with ${model}" \
+            "(${decode_config:-default settings} ${decode_args})"
+        for dset in ${test_sets} ${instruction_derived_sets}; do
+            mapfile -t passes < <(decode_passes "${dset}" "${mode}")
+            [ "${#passes[@]}" -ge 1 ] || continue
+            src=${dumpdir}/${dset}
+            [ -f "${src}/.completed" ] || die "stage 6: ${src} is not a complete dump dir: run stage 2 (and 3) first"
+            num_utts=$(wc -l < "${src}/text")
+            _nj=$((inference_nj < num_utts ? inference_nj : num_utts))
+            [ "${_nj}" -ge 1 ] || _nj=1
+            # CPU jobs share the cores instead of each starting one thread per core.
+            threads=$((ncores / _nj)); [ "${threads}" -ge 1 ] || threads=1
+            thread_opt=""
+            ${gpu_inference} || thread_opt="--num_threads ${threads}"
+            for pass in "${passes[@]}"; do
+                ddir=${exp}/${pass%%|*}
+                # shellcheck disable=SC2206
+                task_opts=(${pass#*|})
+                mkdir -p "${ddir}/log"
+                start=${SECONDS}
+                # Each shard skips itself when already decoded with the same settings and model (see blspkd/decode.py).
+                # shellcheck disable=SC2086
+                ${_cmd} ${thread_opt} JOB=1:"${_nj}" "${ddir}/log/decode.JOB.log" \
+                    python -m blspkd.bin.decode "${decode_opts[@]}" --model_dir "${model}" --dump_dir "${src}" \
+                        --out_dir "${ddir}" --num_shards "${_nj}" --shard JOB "${task_opts[@]+"${task_opts[@]}"}" \
+                        ${decode_args}
+                # shellcheck disable=SC2086
                 python -m blspkd.bin.decode "${decode_opts[@]}" --model_dir "${model}" --dump_dir "${src}" \
-                    --out_dir "${ddir}" --num_shards "${_nj}" --shard JOB "${task_opts[@]+"${task_opts[@]}"}" ${decode_args}
-            # shellcheck disable=SC2086
-            python -m blspkd.bin.decode "${decode_opts[@]}" --model_dir "${model}" --dump_dir "${src}" \
-                --out_dir "${ddir}" --num_shards "${_nj}" --merge true "${task_opts[@]+"${task_opts[@]}"}" ${decode_args} \
-                2>&1 | tee "${ddir}/log/merge.log"
-            [ -f "${ddir}/.completed" ] || die "stage 6: merging the shards of ${ddir} failed; see ${ddir}/log/merge.log"
-            log "stage 6: ${ddir}: ${num_utts} utterances in ${_nj} jobs, $((SECONDS - start)) s;" \
-                "$(grep -o 'real-time factor [0-9.]*, [0-9.]* generated tokens/s' "${ddir}/log/merge.log" | tail -n 1)"
+                    --out_dir "${ddir}" --num_shards "${_nj}" --merge true "${task_opts[@]+"${task_opts[@]}"}" \
+                    ${decode_args} 2>&1 | tee "${ddir}/log/merge.log"
+                [ -f "${ddir}/.completed" ] || die "stage 6: merging the shards of ${ddir} failed; see ${ddir}/log/merge.log"
+                log "stage 6: ${ddir}: ${num_utts} utterances in ${_nj} jobs, $((SECONDS - start)) s;" \
+                    "$(grep -o 'real-time factor [0-9.]*, [0-9.]* generated tokens/s' "${ddir}/log/merge.log" | tail -n 1)"
+            done
         done
+    }
+    decode_exp "${exp}" all
+    for e in ${instruction_exps}; do
+        decode_exp "${e}" instruction
     done
     log "stage 6 done (${SECONDS} s elapsed)"
 fi
@@ -566,28 +653,36 @@ fi
 if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
     exp=$(inference_exp_dir)
     write_stage_script "${exp}/run_stage7.sh" 7
-    suffix=${inference_tag:+_${inference_tag}}
     n_scored=0
-    for dset in ${test_sets}; do
-        for ddir in "${exp}/decode_${dset}${suffix}" "${exp}/decode_${dset}${suffix}_continuation"; do
-            [ -f "${ddir}/.completed" ] || continue
-            # Stage 6 wrote the task's references next to the hypotheses (text, continuation, translation, response).
-            task=$(sed -n 's/^task: *//p' "${ddir}/decode_config.yaml")
-            # The task registry (blspkd/tasks.py) says how the task is scored.
-            score_opts=$(python -m blspkd.bin.tasks score_options "${task}") || die "stage 7: ${ddir}: task '${task}'"
-            if [ ! -f "${ddir}/ref.txt" ]; then
-                log "stage 7: ${ddir}: no references for task ${task} in ${dumpdir}/${dset}; not scored"
-                continue
-            fi
-            log "stage 7: scoring ${ddir} (task ${task}: ${score_opts})"
-            # shellcheck disable=SC2086
-            python -m blspkd.bin.score --ref "${ddir}/ref.txt" --hyp "${ddir}/hyp.txt" ${score_opts} --lang en \
-                --out_dir "${ddir}" ${score_args} 2>&1 | tee "${ddir}/score.log"
-            n_scored=$((n_scored + 1))
+    # score_exp <exp dir> <all|instruction>: score every complete decode dir of decode_passes.
+    score_exp() {
+        local exp=$1 mode=$2 dset pass ddir task score_opts
+        for dset in ${test_sets} ${instruction_derived_sets}; do
+            for pass in $(decode_passes "${dset}" "${mode}" | cut -d'|' -f1); do
+                ddir=${exp}/${pass}
+                [ -f "${ddir}/.completed" ] || continue
+                # Stage 6 wrote the task's references next to the hypotheses (text, continuation, response, ...).
+                task=$(sed -n 's/^task: *//p' "${ddir}/decode_config.yaml")
+                # The task registry (blspkd/tasks.py) says how the task is scored.
+                score_opts=$(python -m blspkd.bin.tasks score_options "${task}") || die "stage 7: ${ddir}: task '${task}'"
+                if [ ! -f "${ddir}/ref.txt" ]; then
+                    log "stage 7: ${ddir}: no references for task ${task} in ${dumpdir}/${dset}; not scored"
+                    continue
+                fi
+                log "stage 7: scoring ${ddir} (task ${task}: ${score_opts})"
+                # shellcheck disable=SC2086
+                python -m blspkd.bin.score --ref "${ddir}/ref.txt" --hyp "${ddir}/hyp.txt" ${score_opts} --lang en \
+                    --out_dir "${ddir}" ${score_args} 2>&1 | tee "${ddir}/score.log"
+                n_scored=$((n_scored + 1))
+            done
         done
+    }
+    score_exp "${exp}" all
+    for e in ${instruction_exps}; do
+        score_exp "${e}" instruction
     done
-    [ "${n_scored}" -ge 1 ] || die "stage 7: nothing to score: no complete ${exp}/decode_<set>${suffix}[_continuation]" \
-        "for test sets '${test_sets}'; run stage 6 first"
+    [ "${n_scored}" -ge 1 ] || die "stage 7: nothing to score: no complete ${exp}/decode_<set>* for test sets" \
+        "'${test_sets}'; run stage 6 first"
     python -m blspkd.bin.score --aggregate "${expdir}" --results_md RESULTS.md
     log "stage 7 done: ${n_scored} decode dirs scored, RESULTS.md written (${SECONDS} s elapsed)"
 fi

@@ -11,14 +11,16 @@ set -euo pipefail
 
 train_set=train
 valid_set=dev
-test_sets="test test_real"
+test_sets="test test_real test_questions"
+# The LLM's text continuations (stage 3) of these sets are the reference of the behaviour-alignment score (stage 7).
+continuation_sets="test test_real"
 
 speech_encoder=downloads/whisper-tiny.en   # written by local/setup.sh (stage 0)
 llm=downloads/SmolLM2-135M-Instruct        # written by local/setup.sh (stage 0)
 
-# The LLM's text continuations (stage 3) are made for the test sets only: they are the reference of the behaviour
-# alignment score (stage 7). The training configs here do not use continuations (conf/finetune.yaml says how to add
-# them; then add the train set here too: about 2 h of generation for 2000 utterances on 2 cores).
+# Instruction following (conf/instructions.yaml): five held-out text instructions over the test speech, spoken
+# questions (data/test_questions), both measured for the KD-only model (exp/pretrain) and the final one; and the
+# LLM's answers to other instructions over some training transcripts, which instruction tuning learns from speech.
 ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 # BLSPKD_PROG: --help names this script, the command the user typed.
 BLSPKD_PROG=$0 ./blspkd.sh \
@@ -29,7 +31,11 @@ BLSPKD_PROG=$0 ./blspkd.sh \
     --test_sets "${test_sets}" \
     --speech_encoder "${speech_encoder}" \
     --llm "${llm}" \
-    --continuation_sets "${test_sets}" \
+    --continuation_sets "${continuation_sets}" \
+    --instruction_config conf/instructions.yaml \
+    --instruction_sets test \
+    --spoken_request_sets test_questions \
+    --instruction_exps exp/pretrain \
     --encoder_cache true \
     --warmstart_config conf/warmstart.yaml \
     --pretrain_config conf/pretrain.yaml \
