@@ -36,14 +36,19 @@ def cif_quantity_loss(alpha_sum: torch.Tensor, num_tokens: torch.Tensor) -> torc
 
 
 def embedding_ce(vectors: torch.Tensor, targets: torch.Tensor, embedding: torch.Tensor,
-                 temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+                 temperature: float = 0.1, unit_embedding: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Warm-start loss of CIF vectors (R, H) against token ids (R,) with the frozen embedding matrix (V, H).
 
-    Returns ``(loss, accuracy)`` where accuracy is the fraction of rows whose nearest embedding (by cosine) is the
-    target token."""
+    ``unit_embedding``: ``embedding`` with unit rows, when the caller keeps it (the matrix is frozen: normalising
+    49152 x 576 rows every step cost 44 ms of a 0.9-s CPU update). 1/tau scales the R unit vectors before the
+    product, not the R x V logits. Returns ``(loss, accuracy)`` where accuracy is the fraction of rows whose nearest
+    embedding (by cosine) is the target token."""
     v = vectors.float()
     e = embedding.float()
-    logits = F.normalize(v, dim=-1) @ F.normalize(e, dim=-1).T / temperature
+    if unit_embedding is None:
+        unit_embedding = F.normalize(e, dim=-1)
+    logits = (F.normalize(v, dim=-1) / temperature) @ unit_embedding.float().T
     ce = F.cross_entropy(logits, targets)
     norm_gap = torch.log(v.norm(dim=-1).clamp(min=1e-6)) - torch.log(e[targets].norm(dim=-1).clamp(min=1e-6))
     accuracy = (logits.argmax(-1) == targets).float().mean()

@@ -61,3 +61,11 @@ def test_embedding_ce_exact_embeddings_and_norm_term():
     # same direction, twice the norm: CE unchanged, plus (log 2)^2
     loss2, _ = embedding_ce(2 * emb[targets], targets, emb, temperature=0.1)
     assert loss2.item() == pytest.approx(expected_ce.item() + math.log(2) ** 2, rel=1e-5)
+    # the caller's normalised matrix (the model keeps the frozen one): the same loss and gradient
+    v = (2 * emb[targets]).requires_grad_(True)
+    loss3, _ = embedding_ce(v, targets, emb, 0.1, unit_embedding=torch.nn.functional.normalize(emb, dim=-1))
+    (grad3,) = torch.autograd.grad(loss3, v)
+    v.grad = None
+    (grad2,) = torch.autograd.grad(embedding_ce(v, targets, emb, 0.1)[0], v)
+    assert loss3.item() == pytest.approx(loss2.item(), rel=1e-6)
+    assert torch.allclose(grad3, grad2, rtol=1e-5, atol=1e-7)

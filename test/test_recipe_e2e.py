@@ -28,10 +28,13 @@ sys.path.insert(0, str(MINI / "local"))
 import fortune_sentences  # noqa: E402
 import prepare_librivox  # noqa: E402
 
-SIZES = {"train": 16, "dev": 4, "test": 4, "test_real": 5}
-TEST_SETS = ("test", "test_real")
+SIZES = {"train": 16, "dev": 4, "test": 4, "test_real": 5, "test_questions": 4}
+TEST_SETS = ("test", "test_real", "test_questions")
 # Stage 3 generates continuations for these sets only (--continuation_sets); the others get token counts alone.
 CONTINUATION_SETS = ("train", "test")
+# conf/tiny/instructions.yaml: two held-out instructions over 2 test utterances each (run.sh: --instruction_sets test,
+# --spoken_request_sets test_questions, --instruction_exps exp/pretrain), answers for 4 training utterances.
+INSTRUCTION_SETS = ("test_french", "test_is_question")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,8 @@ def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
         pytest.skip("Debian's pocketsphinx-testdata is not installed")
     recipe = make_recipe(tmp_path_factory.mktemp("e2e") / "egs" / "mini_espeak", MINI)
     args = ["./run.sh", "--stage", "1", "--stop_stage", "8", "--nj", "2", "--inference_nj", "2",
-            "--local_data_opts", "--num_train 16 --num_dev 4 --num_test 4 --nj 2",
+            "--local_data_opts", "--num_train 16 --num_dev 4 --num_test 4 --num_questions 4 --nj 2",
+            "--instruction_config", "conf/tiny/instructions.yaml",
             "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir),
             "--warmstart_config", "conf/tiny/warmstart.yaml", "--pretrain_config", "conf/tiny/pretrain.yaml",
             "--finetune_config", "conf/tiny/finetune.yaml",
@@ -139,6 +143,52 @@ def test_decoding_scoring_results(e2e):
 
 
 @pytest.mark.slow
+def test_instruction_following_passes(e2e):
+    """Stage 3 made one dump dir per held-out instruction with the LLM's text answers, framed as the model decodes;
+    stages 6-7 decoded and scored them (and the spoken questions) for the final and the KD-only model."""
+    recipe = e2e[0]
+    model_config = json.loads((recipe / "exp" / "finetune" / "model" / "config.json").read_text())
+    test_keys = sorted(read_kv(recipe / "dump" / "test" / "text"))
+    seen: list[str] = []
+    for name, instruction in zip(INSTRUCTION_SETS, ("Translate the following sentence into French.",
+                                                    "Is the following sentence a question? Answer yes or no.")):
+        dump = recipe / "dump" / name
+        keys = sorted(read_kv(dump / "text"))
+        assert len(keys) == 2 and not set(keys) & set(seen) and set(keys) <= set(test_keys)
+        seen += keys
+        assert read_kv(dump / "instruction") == dict.fromkeys(keys, instruction)
+        teacher = json.loads((dump / "teacher" / "instruction" / ".completed").read_text())
+        assert teacher["signature"]["system_prompt"] == model_config["system_prompt"]
+        assert teacher["signature"]["max_new_tokens"] == 6
+        refs = read_kv(dump / "response")
+        for tag in ("finetune", "pretrain"):
+            ddir = recipe / "exp" / tag / f"decode_{name}"
+            assert yaml.safe_load((ddir / "decode_config.yaml").read_text())["task"] == "instruction"
+            assert read_kv(ddir / "ref.txt") == refs
+            metrics = json.loads((ddir / "result.json").read_text())["metrics"]
+            assert set(metrics) == {"align_bleu", "align_chrf", "exact"}
+            assert metrics["exact"]["num_utts"] == len(refs)
+    answers = read_kv(recipe / "dump" / "test_questions" / "response")
+    assert answers and not (recipe / "dump" / "test_questions" / "instruction").exists()  # the speech alone asks
+    for tag in ("finetune", "pretrain"):
+        ddir = recipe / "exp" / tag / "decode_test_questions_answer"
+        assert yaml.safe_load((ddir / "decode_config.yaml").read_text())["task"] == "spoken_instruction"
+        assert read_kv(ddir / "ref.txt") == answers
+    # the KD-only model is measured on the instruction passes only
+    assert not (recipe / "exp" / "pretrain" / "decode_test").exists()
+    results = (recipe / "RESULTS.md").read_text()
+    for tag in ("finetune", "pretrain"):
+        for name in (*INSTRUCTION_SETS, "test_questions_answer"):
+            assert f"| exp/{tag} | {name} | exact match (%) |" in results
+    # instruction tuning: 4 training utterances with the LLM's answers to the training instructions
+    train = recipe / "dump" / "train"
+    assert len(read_kv(train / "instruction")) == 4 and set(read_kv(train / "response")) <= set(
+        read_kv(train / "instruction"))
+    log = (recipe / "exp" / "finetune" / "log" / "train.log").read_text()
+    assert "tasks ['transcription', 'continuation', 'instruction']" in log
+
+
+@pytest.mark.slow
 def test_export_runs_with_infer(e2e):
     recipe = e2e[0]
     export = recipe / "exp" / "finetune" / "export"
@@ -161,7 +211,8 @@ def test_rerun_skips_every_stage(e2e):
     out = second.stdout
     assert "data already prepared with the same options" in out
     assert out.count("already complete with the same options; skipping") == len(SIZES)
-    assert out.count("already has its teacher data with the same options; skipping") == len(SIZES)
+    assert out.count("already has its teacher data with the same options; skipping") == len(SIZES) + len(
+        INSTRUCTION_SETS)
     for stage, tag in ((4, "warmstart"), (4, "pretrain"), (5, "finetune")):
         assert f"stage {stage}: exp/{tag} already trained" in out
     assert "already exported from the same model; skipping" in out

@@ -104,6 +104,7 @@ class BlspKdModel(nn.Module):
                                **to_dict(config.adapter))
         self.prefix_store = PrefixKVStore()
         self._prefix_off_logged: str | None = None
+        self._unit_embeddings: tuple[tuple, torch.Tensor] | None = None
 
     def train(self, mode: bool = True) -> BlspKdModel:
         """Training mode for what trains: the adapter, PLoRA's dropout, an unfrozen encoder. The frozen LLM stays in
@@ -120,6 +121,16 @@ class BlspKdModel(nn.Module):
         return self
 
     # ---- pieces of the LLM -------------------------------------------------------------------------------------
+    def _unit_embedding(self, embedding: torch.Tensor) -> torch.Tensor | None:
+        """The frozen input-embedding matrix with unit rows, normalised once (cif_ce); None when it trains. Keyed by
+        the tensor's storage, version counter, dtype and device, so a loaded or moved matrix is normalised again."""
+        if embedding.requires_grad:
+            return None
+        key = (embedding.data_ptr(), embedding._version, embedding.dtype, embedding.device)
+        if self._unit_embeddings is None or self._unit_embeddings[0] != key:
+            self._unit_embeddings = (key, torch.nn.functional.normalize(embedding.detach().float(), dim=-1))
+        return self._unit_embeddings[1]
+
     def _causal_lm(self):
         return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
 
@@ -342,9 +353,10 @@ class BlspKdModel(nn.Module):
         if "cif" in weights:
             out["cif"] = cif_quantity_loss(speech.alpha_sum, num_tokens)
         if "cif_ce" in weights:
+            embedding = self.llm.get_input_embeddings().weight
             out["cif_ce"], stats["cif_acc"] = embedding_ce(speech.embeds[speech.mask], input_ids[transcript_mask],
-                                                           self.llm.get_input_embeddings().weight,
-                                                           self.config.cif_ce_temperature)
+                                                           embedding, self.config.cif_ce_temperature,
+                                                           self._unit_embedding(embedding))
             stats["cif_acc"] = float(stats["cif_acc"])
         if any(name in weights for name in LLM_LOSSES):
             out.update(self._llm_losses(speech, input_ids, attention_mask, transcript_mask, response_mask, stats))
