@@ -128,3 +128,24 @@ def test_plot_learning_curve_writes_a_png_and_names_a_run_without_events(tmp_pat
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_the_no_kd_ablation_changes_only_the_loss():
+    """conf/ablation/pretrain_nokd.yaml is conf/pretrain.yaml with cross-entropy on the transcript instead of
+    input-KD: same start, data, batches, updates and optimiser (README "KD or not")."""
+    from blspkd.train.config import TrainConfig
+    from blspkd.utils.config import from_yaml_file, to_dict
+
+    conf = REPO / "egs/mini_espeak/conf"
+    kd = to_dict(from_yaml_file(TrainConfig, conf / "pretrain.yaml"))
+    nokd = to_dict(from_yaml_file(TrainConfig, conf / "ablation" / "pretrain_nokd.yaml"))
+    def enabled(losses: dict) -> dict:
+        return {k: v for k, v in losses.items() if v is not None}
+
+    assert enabled(kd["model"].pop("losses")) == {"input_kl": 1.0, "cif": 1.0, "cif_ce": 0.2}
+    assert enabled(nokd["model"].pop("losses")) == {"response_ce": 1.0, "cif": 1.0, "cif_ce": 0.2}
+    assert [t["kind"] for t in kd["data"].pop("tasks")] == ["plain"]
+    assert [t["kind"] for t in nokd["data"].pop("tasks")] == ["transcription"]
+    for cfg in (kd, nokd):
+        cfg["model"].pop("temperature")  # no KL term in the ablation
+    assert kd == nokd

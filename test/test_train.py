@@ -199,7 +199,8 @@ def test_print_config_prints_every_key():
     assert "id2label" not in model and "chunk_size_feed_forward" not in model
 
 
-@pytest.mark.parametrize("name", ["pretrain.yaml", "finetune.yaml", "tiny/pretrain.yaml", "tiny/finetune.yaml"])
+@pytest.mark.parametrize("name", ["pretrain.yaml", "finetune.yaml", "tiny/pretrain.yaml", "tiny/finetune.yaml",
+                                  "ablation/pretrain_nokd.yaml"])
 def test_recipe_configs_load_and_their_model_sections_are_valid(name):
     from blspkd.models import BlspKdConfig
     from blspkd.train.dataset import task_instruction
