@@ -82,6 +82,15 @@ def speaker_id(accent: str, variant: str) -> str:
     return f"{ACCENTS[accent]}_{''.join(c for c in variant.lower() if c.isalnum())}"
 
 
+def draw_utterance(rng: random.Random, variants: list[str], name: str, text: str) -> Utterance:
+    """``text`` read by a random accent + one of ``variants`` at a random speed and pitch; id ``<speaker>-<name>``."""
+    accent = rng.choice(sorted(ACCENTS))
+    variant = rng.choice(variants)
+    spk = speaker_id(accent, variant)
+    return Utterance(utt_id=f"{spk}-{name}", speaker=spk, voice=f"{accent}+{variant}",
+                     speed=rng.randint(*SPEED_WPM), pitch=rng.randint(*PITCH), text=text)
+
+
 def plan_corpus(sentences: list[str], sizes: dict[str, int], seed: int) -> dict[str, list[Utterance]]:
     """Assign sentences (disjoint across sets), voices, speeds and pitches to every utterance of every set."""
     need = sum(sizes.values())
@@ -96,16 +105,8 @@ def plan_corpus(sentences: list[str], sizes: dict[str, int], seed: int) -> dict[
     start = 0
     for name, size in sizes.items():
         variants = test_variants if name == "test" else train_variants
-        utts = []
-        for i, text in enumerate(order[start:start + size]):
-            accent = rng.choice(sorted(ACCENTS))
-            variant = rng.choice(variants)
-            spk = speaker_id(accent, variant)
-            utts.append(Utterance(
-                utt_id=f"{spk}-{name}{i:05d}", speaker=spk, voice=f"{accent}+{variant}",
-                speed=rng.randint(*SPEED_WPM), pitch=rng.randint(*PITCH), text=text,
-            ))
-        plan[name] = utts
+        plan[name] = [draw_utterance(rng, variants, f"{name}{i:05d}", text)
+                      for i, text in enumerate(order[start:start + size])]
         start += size
     check_disjoint(plan)
     return plan
@@ -150,6 +151,38 @@ def _synthesize_job(job: tuple[Utterance, str]) -> tuple[float, bool]:
     return synthesize(utt, path), True
 
 
+def require_tools() -> None:
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: install it (tools/install.sh does, as root: apt-get install espeak-ng sox)")
+
+
+def synthesize_plan(plan: dict[str, list[Utterance]], wav_root: Path, nj: int) -> None:
+    """The wavs of every utterance of ``plan`` under ``wav_root/<set>/<utt_id>.wav`` in ``nj`` processes. Wavs are
+    reused only for exactly the same plan (same seed, sizes, sentences and voices), so an interrupted run resumes;
+    ``wav_root`` holding another plan's wavs is emptied first."""
+    start = time.time()
+    digest = hashlib.sha256(json.dumps({k: [asdict(u) for u in v] for k, v in plan.items()}).encode()).hexdigest()
+    stamp = wav_root / "plan.sha256"
+    if wav_root.exists() and (not stamp.is_file() or stamp.read_text().strip() != digest):
+        logger.info("removing %s: it holds wavs of another plan", wav_root)
+        shutil.rmtree(wav_root)
+    for name in plan:
+        (wav_root / name).mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
+
+    jobs = [(u, str(wav_root / name / f"{u.utt_id}.wav")) for name, utts in plan.items() for u in utts]
+    total, made = 0.0, 0
+    with ProcessPoolExecutor(max_workers=nj) as pool:
+        for duration, new in tqdm(pool.map(_synthesize_job, jobs, chunksize=8), total=len(jobs), desc="espeak-ng",
+                                  mininterval=5, file=sys.stderr):
+            total += duration
+            made += new
+    elapsed = time.time() - start
+    logger.info("synthesised %d wavs (%d reused), %.1f h of speech, in %.1f s with %d jobs (%.0fx real time)",
+                made, len(jobs) - made, total / 3600, elapsed, nj, total / max(elapsed, 1e-9))
+
+
 def write_data_dir(data_dir: Path, utts: list[Utterance], wav_dir: Path) -> None:
     kaldi_dir.write_data_dir(data_dir, {u.utt_id: u.speaker for u in utts},
                              **{"wav.scp": {u.utt_id: str(wav_dir / f"{u.utt_id}.wav") for u in utts}},
@@ -180,11 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("num_train", "num_dev", "num_test", "nj"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: install it (tools/install.sh does, as root: apt-get install espeak-ng sox)")
+    require_tools()
 
-    start = time.time()
     sentences = load_sentences(args.fortunes_dir)
     sizes = {"train": args.num_train, "dev": args.num_dev, "test": args.num_test}
     plan = plan_corpus(sentences, sizes, args.seed)
@@ -192,29 +222,10 @@ def main(argv: list[str] | None = None) -> None:
                 ", ".join(f"{k} {len(v)}" for k, v in plan.items()))
 
     wav_root = Path(args.wav_dir).resolve()
-    # Wavs are reused only for exactly the same plan (same seed, sizes, sentences and voices).
-    digest = hashlib.sha256(json.dumps({k: [asdict(u) for u in v] for k, v in plan.items()}).encode()).hexdigest()
-    stamp = wav_root / "plan.sha256"
-    if wav_root.exists() and (not stamp.is_file() or stamp.read_text().strip() != digest):
-        logger.info("removing %s: it holds wavs of another plan", wav_root)
-        shutil.rmtree(wav_root)
-    for name in plan:
-        (wav_root / name).mkdir(parents=True, exist_ok=True)
-    stamp.write_text(digest + "\n")
-
-    jobs = [(u, str(wav_root / name / f"{u.utt_id}.wav")) for name, utts in plan.items() for u in utts]
-    total, made = 0.0, 0
-    with ProcessPoolExecutor(max_workers=args.nj) as pool:
-        for duration, new in tqdm(pool.map(_synthesize_job, jobs, chunksize=8), total=len(jobs), desc="espeak-ng",
-                                  mininterval=5, file=sys.stderr):
-            total += duration
-            made += new
+    synthesize_plan(plan, wav_root, args.nj)
     for name, utts in plan.items():
         write_data_dir(Path(args.data_dir) / name, utts, wav_root / name)
         write_plan(Path(args.data_dir) / "local" / f"espeak_{name}.tsv", utts)
-    elapsed = time.time() - start
-    logger.info("synthesised %d wavs (%d reused), %.1f h of speech, in %.1f s with %d jobs (%.0fx real time)",
-                made, len(jobs) - made, total / 3600, elapsed, args.nj, total / max(elapsed, 1e-9))
 
 
 if __name__ == "__main__":
