@@ -60,7 +60,7 @@ def test_no_question_is_a_corpus_sentence():
 def test_question_file_errors_name_the_line(tmp_path, line, message):
     path = tmp_path / "q.tsv"
     path.write_text(f"# a comment\nq0\tWhat colour is fresh snow?\twhite\n{line}\n")
-    with pytest.raises(ValueError, match=re.escape(f"{path}:3: {message}")):
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: ") + ".*" + re.escape(message)):
         questions.read_questions(path)
 
 
