@@ -36,7 +36,6 @@ def test_question_files_parse_and_kept_is_a_subset():
     assert len(by_id) == len(candidates) and len({q.text for q in candidates}) == len(candidates)
     for q in kept:  # read_questions already refused empty answers, bad wording and answers echoed by the question
         assert q.answers and (by_id[q.qid].text, by_id[q.qid].answers) == (q.text, q.answers)
-    assert len({q.instruction for q in kept}) == 1  # one chosen framing
     assert [q.qid for q in kept] == sorted(q.qid for q in kept)
 
 
@@ -50,7 +49,7 @@ def test_no_question_is_a_corpus_sentence():
 
 
 @pytest.mark.parametrize("line, message", [
-    ("q1\tWhat is the capital of France?", "expected '<qid>\\t<question>\\t<answers>[\\t<instruction>]', got 2"),
+    ("q1\tWhat is the capital of France?", "expected '<qid>\\t<question>\\t<answers>', got 2"),
     ("q1\tWhat is the capital of France?\t|", "question q1 has no accepted answer"),
     ("q1\tCapital of France?\tParis", "must be plain ASCII, 4-12 words, ending with '?'"),
     ("q1\tWhat is the capital of France\tParis", "must be plain ASCII, 4-12 words, ending with '?'"),
@@ -122,19 +121,11 @@ def test_question_voices_are_test_only(seed):
         assert u.utt_id == f"{u.speaker}-questions{i:05d}" and re.fullmatch(r"[a-z0-9_]+", u.speaker)
 
 
-def test_mixed_instructions_are_refused(tmp_path):
-    qs = [questions.Question("q1", "What colour is coal?", ("black",), "Answer briefly."),
-          questions.Question("q2", "What colour is fresh snow?", ("white",))]
-    with pytest.raises(ValueError, match="kept.tsv: questions carry different instructions"):
-        make_questions_set.instructions_of(qs, "kept.tsv")
-
-
 @needs_espeak
 def test_synthesis_of_a_small_question_set(tmp_path):
-    instruction = "Answer the following question in a few words."
-    qs = [questions.Question("q0001", "What is the capital of France?", ("Paris",), instruction),
-          questions.Question("q0002", "How many hours are in a day?", ("twenty four", "24"), instruction),
-          questions.Question("q0003", "What colour is fresh snow?", ("white",), instruction)]
+    qs = [questions.Question("q0001", "What is the capital of France?", ("Paris",)),
+          questions.Question("q0002", "How many hours are in a day?", ("twenty four", "24")),
+          questions.Question("q0003", "What colour is fresh snow?", ("white",))]
     questions.write_questions(tmp_path / "kept.tsv", qs, ["three questions"])
     assert questions.read_questions(tmp_path / "kept.tsv") == qs
     data = tmp_path / "data" / "test_questions"
@@ -146,16 +137,14 @@ def test_synthesis_of_a_small_question_set(tmp_path):
     plan = make_questions_set.plan_questions(qs, 0)
     assert text == {u.utt_id: q.text for u, q in zip(plan, qs)}
     assert answers == {u.utt_id: "|".join(q.answers) for u, q in zip(plan, qs)}
-    assert read_kv(data / "instruction") == dict.fromkeys(text, instruction)
     wavs = read_kv(data / "wav.scp")
     assert all(Path(w).is_file() for w in wavs.values())
     tsv = (tmp_path / "data" / "local" / "espeak_test_questions.tsv").read_text().splitlines()
     assert len(tsv) == 4 and tsv[0].startswith("utt_id\tspeaker\tvoice")
-    # Without an instruction (another selection): the instruction file goes; the same plan's wavs are reused.
+    # Run again: the same plan's wavs are reused.
     mtimes = {w: Path(w).stat().st_mtime_ns for w in wavs.values()}
-    questions.write_questions(tmp_path / "kept.tsv", [questions.Question(q.qid, q.text, q.answers) for q in qs], [])
     make_questions_set.main(args)
-    assert not (data / "instruction").exists() and validate_data_dir(data) == []
+    assert validate_data_dir(data) == []
     assert {w: Path(w).stat().st_mtime_ns for w in wavs.values()} == mtimes
 
 
@@ -170,7 +159,8 @@ def test_selection_with_the_real_llm(tmp_path, real_models):
         "--questions", str(tmp_path / "q.tsv"), "--out", str(tmp_path / "kept.tsv"), "--work_dir",
         str(tmp_path / "work"), "--llm", str(real_models.llm_dir), "--model_configs",
         *(str(MINI / "conf" / f"{n}.yaml") for n in ("warmstart", "pretrain", "finetune")),
-        "--instructions", *instructions, "--max_new_tokens", "16", "--min_kept", "1", "--device", "cpu"])
+        "--instruction_config", str(MINI / "conf" / "instructions.yaml"), "--instructions", *instructions,
+        "--max_new_tokens", "16", "--min_kept", "1", "--device", "cpu"])
     selection = json.loads((tmp_path / "work" / "selection.json").read_text())
     assert selection["system_prompt"] == "You repeat the user's text exactly, word for word."
     counts = []
@@ -184,6 +174,6 @@ def test_selection_with_the_real_llm(tmp_path, real_models):
     kept = questions.read_questions(tmp_path / "kept.tsv")
     chosen = None if instructions[best] == "none" else instructions[best]
     assert [q.qid for q in kept] == selection["framings"][best]["correct_ids"]
-    assert all(q.instruction == chosen for q in kept)
     header = [line for line in (tmp_path / "kept.tsv").read_text().splitlines() if line.startswith("#")]
     assert any(f"{counts[0]} of 4 correct" in line for line in header)
+    assert any(f"chosen instruction {chosen!r}" in line for line in header)

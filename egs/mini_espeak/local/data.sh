@@ -8,7 +8,7 @@
 #   ./run.sh --stage 1 --stop_stage 1 --local_data_opts "--num_train 200"   # a smaller corpus
 #
 # Output: data/{train,dev,test,test_questions,test_real}/{wav.scp,text,utt2spk,spk2utt} (test_questions also
-# answers, and instruction when the selection chose one: local/make_questions_set.py), wavs under
+# answers: local/make_questions_set.py), wavs under
 # downloads/espeak_wav/ and downloads/espeak_wav_questions/, the voice/speed/pitch of every utterance in
 # data/local/espeak_<set>.tsv.
 set -euo pipefail

@@ -10,10 +10,10 @@ of local/make_espeak_corpus.py is: an English accent of espeak-ng with one of th
 same synthesis (16 kHz, peak at -3 dBFS). Utterance id = speaker + ``-questions`` + index in the file's order.
 
 Output: DATA_DIR/{wav.scp,text,utt2spk,spk2utt}, DATA_DIR/answers (``<uttid> <a1>|<a2>``, the accepted answers that
-local/question_accuracy.py scores against), DATA_DIR/instruction when the questions carry one (the text instruction
-placed before the speech, which stage 3's teacher and stage 6's decoding read per utterance), the voice, speed and
-pitch of every utterance in DATA_DIR/../local/espeak_test_questions.tsv, the wavs under WAV_DIR/test_questions/.
-Existing wavs of the same plan are reused (make_espeak_corpus.synthesize_plan).
+local/question_accuracy.py scores against), the voice, speed and pitch of every utterance in
+DATA_DIR/../local/espeak_test_questions.tsv, the wavs under WAV_DIR/test_questions/. Existing wavs of the same plan are
+reused (make_espeak_corpus.synthesize_plan). The text placed before the speech, if any, is not written here: stage 3
+writes it into the dump dir from ``spoken_request_instruction`` of conf/instructions.yaml (blspkd/instruction_eval.py).
 """
 from __future__ import annotations
 
@@ -41,15 +41,6 @@ def plan_questions(questions: list[Question], seed: int) -> list[corpus.Utteranc
     return [corpus.draw_utterance(rng, test_variants, f"questions{i:05d}", q.text) for i, q in enumerate(questions)]
 
 
-def instructions_of(questions: list[Question], path: str) -> str | None:
-    """The one instruction all questions carry, or None; a mix is refused (a per-utterance file covers all or none)."""
-    found = {q.instruction for q in questions}
-    if len(found) > 1:
-        raise ValueError(f"{path}: questions carry different instructions ({sorted(map(str, found))}); the kept file "
-                         "of local/select_questions.py gives all of them the chosen one")
-    return found.pop()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--questions", default="local/questions_kept.tsv")
@@ -64,19 +55,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--nj must be at least 1, got {args.nj}")
     corpus.require_tools()
     questions = read_questions(args.questions)
-    instruction = instructions_of(questions, args.questions)
     utts = plan_questions(questions, args.seed)
-    logger.info("%d questions from %s, instruction %r", len(utts), args.questions, instruction)
+    logger.info("%d questions from %s", len(utts), args.questions)
 
     wav_root = Path(args.wav_dir).resolve()
     corpus.synthesize_plan({SET: utts}, wav_root, args.nj)
     data_dir = Path(args.data_dir)
     corpus.write_data_dir(data_dir, utts, wav_root / SET)
     write_kv(data_dir / "answers", {u.utt_id: "|".join(q.answers) for u, q in zip(utts, questions)})
-    if instruction is None:
-        (data_dir / "instruction").unlink(missing_ok=True)  # left by an earlier selection that had one
-    else:
-        write_kv(data_dir / "instruction", {u.utt_id: instruction for u in utts})
     corpus.write_plan(data_dir.parent / "local" / f"espeak_{SET}.tsv", utts)
 
 

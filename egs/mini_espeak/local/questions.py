@@ -3,11 +3,10 @@
 Question files (``local/questions.tsv``, the candidates written for this project; ``local/questions_kept.tsv``, those
 the LLM answers correctly as text, written by local/select_questions.py) have one question a line, tab-separated:
 
-    <qid> <question> <answers> [<instruction>]
+    <qid> <question> <answers>
 
-``answers`` are the accepted short answers separated by ``|`` (``New Delhi|Delhi``); ``instruction`` (kept file only)
-is the text instruction placed before the question, as chosen by the selection (absent: the question alone). Lines
-starting with ``#`` are comments.
+``answers`` are the accepted short answers separated by ``|`` (``New Delhi|Delhi``). Lines starting with ``#`` are
+comments (the kept file's header says how it was selected).
 
 Correctness (``is_correct``): the answer, lower-cased with every run of characters other than a-z and 0-9 made one
 space, contains one of the accepted answers (normalised alike) as a run of whole words: "The capital of France is
@@ -29,7 +28,6 @@ class Question:
     qid: str
     text: str
     answers: tuple[str, ...]
-    instruction: str | None = None
 
 
 def words(text: str) -> list[str]:
@@ -62,18 +60,17 @@ def read_questions(path: str | Path) -> list[Question]:
             continue
         where = f"{path}:{lineno}"
         fields = line.split("\t")
-        if len(fields) not in (3, 4):
-            raise ValueError(f"{where}: expected '<qid>\\t<question>\\t<answers>[\\t<instruction>]', got "
-                             f"{len(fields)} tab-separated fields. Fix: separate the fields by single tabs")
+        if len(fields) != 3:
+            raise ValueError(f"{where}: expected '<qid>\\t<question>\\t<answers>', got {len(fields)} tab-separated "
+                             "fields. Fix: separate the three fields by single tabs")
         qid, text, answers = fields[0], fields[1].strip(), parse_answers(fields[2])
-        instruction = fields[3].strip() if len(fields) == 4 else None
         problem = _problem(qid, text, answers)
         if problem:
             raise ValueError(f"{where}: {problem}")
         if qid in seen:
             raise ValueError(f"{where}: question id {qid} is also on line {seen[qid]}. Fix: give it a new id")
         seen[qid] = lineno
-        out.append(Question(qid, text, answers, instruction or None))
+        out.append(Question(qid, text, answers))
     if not out:
         raise ValueError(f"{path}: no questions. Fix: write '<qid>\\t<question>\\t<answers>' lines")
     return out
@@ -98,6 +95,5 @@ def write_questions(path: str | Path, questions: list[Question], header: list[st
     """A question file: ``header`` lines as ``#`` comments, then one line per question."""
     lines = [f"# {h}" for h in header]
     for q in questions:
-        fields = [q.qid, q.text, "|".join(q.answers)] + ([q.instruction] if q.instruction else [])
-        lines.append("\t".join(fields))
+        lines.append("\t".join([q.qid, q.text, "|".join(q.answers)]))
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
