@@ -20,6 +20,7 @@ sys.path.insert(0, str(MINI / "local"))
 import fortune_sentences  # noqa: E402
 import make_espeak_corpus  # noqa: E402
 import prepare_librivox  # noqa: E402
+import questions  # noqa: E402
 
 LIBRIVOX = Path(prepare_librivox.DEFAULT_SRC)
 needs_fortunes = pytest.mark.skipif(not Path(fortune_sentences.DEFAULT_FORTUNES_DIR).is_dir(),
@@ -151,7 +152,8 @@ def test_mini_recipe_stages_0_to_2(tmp_path, real_models, monkeypatch):
     assert res.returncode == 0, res.stdout[-5000:]
     assert "is complete (.complete present): skipping the conversion" in res.stdout
     monkeypatch.chdir(recipe)
-    sizes = {"train": 16, "dev": 4, "test": 4, "test_real": 5}
+    num_questions = len(questions.read_questions(MINI / "local" / "questions_kept.tsv"))
+    sizes = {"train": 16, "dev": 4, "test": 4, "test_real": 5, "test_questions": num_questions}
     for name, size in sizes.items():
         assert validate_data_dir(recipe / "data" / name) == []
         dump = recipe / "dump" / name
@@ -162,17 +164,16 @@ def test_mini_recipe_stages_0_to_2(tmp_path, real_models, monkeypatch):
         for utt, mat in feats.items():
             assert mat.shape == (int(frames[utt]), 80) and mat.dtype == np.float32
         assert read_kv(dump / "text") == read_kv(recipe / "data" / name / "text")
-    train_voices = {line.split("\t")[2].split("+")[1]
-                    for line in (recipe / "data" / "local" / "espeak_train.tsv").read_text().splitlines()[1:]}
-    test_voices = {line.split("\t")[2].split("+")[1]
-                   for line in (recipe / "data" / "local" / "espeak_test.tsv").read_text().splitlines()[1:]}
-    assert not train_voices & test_voices
+    variants = {name: {line.split("\t")[2].split("+")[1] for line in
+                       (recipe / "data" / "local" / f"espeak_{name}.tsv").read_text().splitlines()[1:]}
+                for name in ("train", "dev", "test", "test_questions")}
+    assert not (variants["test"] | variants["test_questions"]) & (variants["train"] | variants["dev"])
     # Everything is complete: a second run skips stages 1 and 2.
     res = run_script(recipe, "./run.sh", "--stage", "1", "--stop_stage", "2", "--nj", "2",
                      "--local_data_opts", "--num_train 16 --num_dev 4 --num_test 4")
     assert res.returncode == 0
     assert "data already prepared with the same options" in res.stdout
-    assert res.stdout.count("already complete with the same options; skipping") == 4
+    assert res.stdout.count("already complete with the same options; skipping") == len(sizes)
 
 
 @pytest.mark.slow
