@@ -305,3 +305,19 @@ def test_shell_wrappers(tmp_path):
     assert r.returncode == 0 and (d / "split2utt" / "2" / "text").read_text() == "s0-u1 B\n"
     r = _sh("combine_data.sh", tmp_path / "c", d, d)
     assert r.returncode == 1 and "combine: key 's0-u0' is in both" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_task_files_may_cover_a_subset_but_not_more(tmp_path):
+    """Stage 3 drops refused answers and a training set gives instructions to some utterances: those files may
+    cover fewer utterances than utt2spk, never others."""
+    from blspkd.data.kaldi_dir import validate_data_dir, write_data_dir, write_kv
+
+    d = tmp_path / "data"
+    write_data_dir(d, {"spkA-u1": "spkA", "spkA-u2": "spkA"}, text={"spkA-u1": "a b", "spkA-u2": "c d"})
+    write_kv(d / "wav.scp", {"spkA-u1": "/a.wav", "spkA-u2": "/b.wav"})
+    for name in ("instruction", "response", "continuation", "translation"):
+        write_kv(d / name, {"spkA-u1": "x"})
+    assert validate_data_dir(d) == []
+    write_kv(d / "response", {"spkA-u3": "x"})
+    assert validate_data_dir(d) == [f"{d}/response:1: utterance 'spkA-u3' is not in utt2spk. Fix: "
+                                    + FIX.format(d=d)]

@@ -454,7 +454,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ] && stage_requested 3; then
             signature="token counts only | ${signature}"
         elif [ "${tasks}" != continuation ]; then
             signature+=" | tasks: $(echo ${tasks}) max_new_tokens=${instruction_max_new_tokens}"
-            signature+=" $(cat "${out}/instruction" 2>/dev/null | md5sum | cut -d' ' -f1)"
+            signature+=" $({ cat "${out}/instruction" 2>/dev/null || true; } | md5sum | cut -d' ' -f1)"
         fi
         for task in ${tasks}; do
             [ -f "${out}/$(python -m blspkd.bin.tasks reference "${task}")" ] || complete=false

@@ -4,7 +4,7 @@
 # clips. Deterministic given --seed.
 #
 # Usage (blspkd.sh stage 1 runs it with --local_data_opts):
-#   local/data.sh [--num_train 5000] [--num_dev 100] [--num_test 100] [--seed 0] [--nj <cores>]
+#   local/data.sh [--num_train 5000] [--num_dev 100] [--num_test 100] [--num_questions 0] [--seed 0] [--nj <cores>]
 #   ./run.sh --stage 1 --stop_stage 1 --local_data_opts "--num_train 200"   # a smaller corpus
 #
 # Output: data/{train,dev,test,test_questions,test_real}/{wav.scp,text,utt2spk,spk2utt} (test_questions also
@@ -20,6 +20,7 @@ log() {
 num_train=5000
 num_dev=100
 num_test=100
+num_questions=0         # spoken questions: the first N of local/questions_kept.tsv (0: all 201)
 seed=0
 nj=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # path.sh sets OMP_NUM_THREADS=1, which nproc obeys
 wav_dir=downloads/espeak_wav
@@ -35,7 +36,7 @@ python local/make_espeak_corpus.py --data_dir data --wav_dir "${wav_dir}" --num_
 # All questions of local/questions_kept.tsv (local/select_questions.py chose them), by the test set's voices.
 log "synthesising data/test_questions from local/questions_kept.tsv"
 python local/make_questions_set.py --questions local/questions_kept.tsv --data_dir data/test_questions \
-    --wav_dir "${wav_dir}_questions" --seed "${seed}" --nj "${nj}"
+    --wav_dir "${wav_dir}_questions" --seed "${seed}" --nj "${nj}" --num_questions "${num_questions}"
 
 log "preparing data/test_real from ${librivox_dir}"
 python local/prepare_librivox.py --src "${librivox_dir}" --data_dir data/test_real

@@ -49,12 +49,17 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"wavs go to WAV_DIR/{SET} (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="the corpus's seed: it chooses the test-only variants")
     parser.add_argument("--nj", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
+    parser.add_argument("--num_questions", type=int, default=0,
+                        help="the first N questions of --questions (default: 0 = all; the tests use a few)")
     args = parser.parse_args(argv)
     setup_logging()
     if args.nj < 1:
         parser.error(f"--nj must be at least 1, got {args.nj}")
+    if args.num_questions < 0:
+        parser.error(f"--num_questions must be 0 (all) or more, got {args.num_questions}")
     corpus.require_tools()
     questions = read_questions(args.questions)
+    questions = questions[: args.num_questions or None]
     utts = plan_questions(questions, args.seed)
     logger.info("%d questions from %s", len(utts), args.questions)
 
