@@ -189,6 +189,8 @@ def inputs(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir, tiny_model_dir) -> 
     (root / "conf" / "decode.yaml").write_text("max_new_tokens: 2\nbatch_size: 2\nnum_beams: 1\n")
     (root / "conf" / "teacher.yaml").write_text("task: tokens\nbatch_size: 2\n")
     (root / "conf" / "export.yaml").write_text("copy_base: false\n")
+    (root / "conf" / "instructions.yaml").write_text('num_utts: 1\ninstructions:\n  french: "Say it in French."\n'
+                                                     '  yes_no: "Is it a question?"\n')
     shutil.copytree(tiny_model_dir, root / "model")
     shutil.copytree(tiny_llm_dir, root / "llm")
     shutil.copytree(tiny_whisper_dir, root / "whisper")
@@ -237,6 +239,8 @@ TARGETS = {
               ["lists/task"], CHEAP),
     "dump_encoder_outputs": (lambda r: ["--dump_dir", str(r / "dump"), "--speech_encoder", str(r / "whisper")],
                              DUMP_FILES, COSTLY),
+    "make_instruction_sets": (lambda r: ["--config", str(r / "conf/instructions.yaml"), "--dump_dir", str(r / "dump")],
+                              ["conf/instructions.yaml"] + DUMP_FILES, CHEAP),
     "prepare_pretrained": (lambda r: ["--whisper_out", str(r / "junk_out")], ["junk_out/notes.txt",
                                                                              "junk_out/config.json"], CHEAP),
 }
