@@ -187,7 +187,8 @@ def test_mini_recipe_on_slurm(tmp_path, slurm_cluster, tiny_whisper_dir, tiny_ll
     env = {**slurm_cluster.env, "BLSPKD_SLURM_CONF": str(slurm_cluster.conf)}
     res = run_script(recipe, "./run.sh", "--stage", "1", "--stop_stage", "8", "--nj", "2", "--inference_nj", "2",
                      "--cmd_backend", "slurm", "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir),
-                     "--local_data_opts", "--num_train 8 --num_dev 2 --num_test 2",
+                     "--local_data_opts", "--num_train 8 --num_dev 2 --num_test 2 --num_questions 2",
+                     "--instruction_config", "conf/tiny/instructions.yaml",
                      "--warmstart_config", "conf/tiny/warmstart.yaml", "--pretrain_config", "conf/tiny/pretrain.yaml",
                      "--finetune_config", "conf/tiny/finetune.yaml", "--continuation_sets", "train test",
                      "--teacher_args", "--max_new_tokens 4", "--decode_args", "--max_new_tokens 4", env=env)
@@ -200,7 +201,8 @@ def test_mini_recipe_on_slurm(tmp_path, slurm_cluster, tiny_whisper_dir, tiny_ll
         assert len(list(log_dir.glob("extract.*.log"))) == 2
         # run_slurm.py leaves the sbatch array script and Slurm's per-task output in <log dir>/q/
         assert "SLURM_ARRAY_TASK_ID" in (log_dir / "q" / "extract.sh").read_text()
-    assert "SLURM_ARRAY_TASK_ID" in (recipe / "dump" / "test" / "log" / "q" / "teacher.sh").read_text()
+    for dset, task in (("test", "continuation"), ("test_french", "instruction"), ("test_questions", "spoken_instruction")):
+        assert "SLURM_ARRAY_TASK_ID" in (recipe / "dump" / dset / "log" / "q" / f"teacher_{task}.sh").read_text()
     for tag in ("warmstart", "pretrain", "finetune"):
         exp = recipe / "exp" / tag
         assert (exp / ".completed").is_file() and (exp / "model" / "model.safetensors").is_file(), tag
