@@ -38,15 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blspkd.data.data_dir_ops import load_tables, write_restricted
-from blspkd.data.kaldi_dir import DataDirError, sort_keys, write_kv
+from blspkd.data.kaldi_dir import SUBSET_FILES, DataDirError, sort_keys, write_kv
 from blspkd.utils.config import ConfigError, from_yaml_file
 from blspkd.utils.shards import MARKER, read_marker, write_marker
 
 logger = logging.getLogger(__name__)
 
 NAME = re.compile(r"[a-z0-9_]+")
-# Per-utterance files of other tasks: a subset keeps the features and transcripts only.
-RESPONSE_FILES = ("instruction", "response", "continuation", "translation")
 SOURCE_FILES = ("feats.scp", "text", "utt2num_tokens")
 
 
@@ -142,7 +140,7 @@ def write_instruction_sets(cfg: InstructionEvalConfig, dump_dir: str | Path) -> 
         for child in dst.glob("*") if dst.is_dir() else ():
             if child.is_file():
                 child.unlink()
-        subset_tables = {n: t for n, t in tables.items() if n not in RESPONSE_FILES}
+        subset_tables = {n: t for n, t in tables.items() if n not in SUBSET_FILES}  # the other tasks' files stay behind
         write_restricted(subset_tables, dst, keys)
         write_kv(dst / "instruction", dict.fromkeys(keys, cfg.instructions[name]))
         write_marker(dst / MARKER, signature, utterances=len(keys))
