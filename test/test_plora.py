@@ -252,6 +252,22 @@ def test_gradients_reach_only_masked_positions_adapters(pair):
     assert any(g.abs().sum() > 0 for g in grads.values())
 
 
+def test_lora_branch_runs_on_masked_rows_only(pair):
+    """The adapters see the rows with m_t != 0 and nothing else (text rows cost no LoRA matmuls), with their m_t."""
+    _, plora = pair
+    ids = _ids(batch=2, length=12)
+    mask = torch.zeros(ids.shape)
+    mask[0, 3:7], mask[1, 5:6] = 1, 0.5
+    seen = []
+    layer = next(m for m in plora.modules() if isinstance(m, PLoraLinear))
+    handle = layer.lora_A["default"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    try:
+        with torch.no_grad(), plora_mask(plora, mask):
+            plora(input_ids=ids)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([5, layer.in_features])]
+
 @pytest.mark.parametrize("backward_inside_context", [True, False])
 def test_gradient_checkpointing_gives_the_same_gradients(backward_inside_context):
     """Recomputed layers get the mask of their own forward: inside the context, after it has exited, and while a

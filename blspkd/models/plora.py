@@ -5,6 +5,7 @@
 with m_t = 1 on speech-token positions and 0 elsewhere. Consequences (all tested in test/test_plora.py):
 
 * no mask set, or a mask of zeros: the model is exactly the base LLM (the LoRA branch is not even computed);
+* the LoRA branch is computed on the rows with m_t != 0 only (speech positions), never on text rows;
 * in a causal LM every position before the first masked position is exactly the base LLM's;
 * a mask of ones is ordinary LoRA with the same weights;
 * PLoRA cannot be merged into W (the update depends on the token), so the adapter is always saved on its own.
@@ -53,13 +54,31 @@ from blspkd.models.configuration_blspkd import PLoraConfig
 DEFAULT_PLORA = dataclasses.asdict(PLoraConfig())
 
 
+@dataclasses.dataclass(frozen=True)
+class _ActiveRows:
+    """The positions of one forward where m_t != 0, found once for all its PLoRA layers.
+
+    The LoRA branch runs on these rows only: on the others its update is multiplied by zero, so computing it there (the
+    text rows of a prompt, the answer) would only cost matmuls and dropout masks."""
+
+    shape: tuple[int, int]  # (B', L') of the forward
+    rows: torch.Tensor  # indices into its flattened B' * L' positions
+    weights: torch.Tensor  # (len(rows), 1): m_t of those rows
+
+    @classmethod
+    def from_mask(cls, active: torch.Tensor) -> _ActiveRows | None:
+        flat = active.reshape(-1)
+        rows = flat.nonzero().squeeze(1)
+        return cls(tuple(active.shape), rows, flat[rows].unsqueeze(1)) if rows.numel() else None
+
+
 @dataclasses.dataclass
 class _PLoraState:
     """Mask shared by all PLoRA layers of one model (one object per model, referenced by each layer)."""
 
     mask: torch.Tensor | None = None  # (B, L) as given to plora_mask; None = PLoRA off
     offset: int | None = None  # absolute position of mask column 0, fixed by the anchor forward
-    active: torch.Tensor | None = None  # (B', L') mask of the forward being run; None = no LoRA in this forward
+    active: _ActiveRows | None = None  # the masked positions of the forward being run; None = no LoRA in this forward
     lengths_seen: list[int] = dataclasses.field(default_factory=list)  # to report a mask that matched no forward
 
 
@@ -70,27 +89,33 @@ class PLoraLinear(lora_layer.Linear):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         state = self.plora_state
-        mask = None if state is None else state.active
-        if self.disable_adapters or mask is None:
+        active = None if state is None else state.active
+        if self.disable_adapters or active is None:
             return self.base_layer(x, *args, **kwargs)
         if kwargs.get("adapter_names") is not None:
             raise TypeError("PLoRA does not support peft's mixed-adapter batches (adapter_names=...)")
-        if x.dim() != 3 or x.shape[:2] != mask.shape:
+        if x.dim() != 3 or tuple(x.shape[:2]) != active.shape:
             raise RuntimeError(
-                f"PLoRA: layer input of shape {tuple(x.shape)} does not match the token mask {tuple(mask.shape)}; "
+                f"PLoRA: layer input of shape {tuple(x.shape)} does not match the token mask {active.shape}; "
                 "PLoRA layers must see (batch, sequence, features) inputs of the model's forward"
             )
         result = self.base_layer(x, *args, **kwargs)
         result_dtype = result.dtype
-        m = mask.to(result_dtype).unsqueeze(-1)
+        x_rows = x.reshape(-1, x.shape[-1]).index_select(0, active.rows)
+        m = active.weights.to(result_dtype)
+        update = None
         for name in self.active_adapters:
             if name not in self.lora_A:
                 continue
             lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-            h = self._cast_input_dtype(x, lora_A.weight.dtype)
-            # Same operation order as peft's vanilla LoRA, times m: a mask of ones reproduces LoRA bit for bit.
-            result = result + (lora_B(lora_A(self.lora_dropout[name](h))) * self.scaling[name]) * m
-        return result.to(result_dtype)
+            h = self._cast_input_dtype(x_rows, lora_A.weight.dtype)
+            # Same operation order as peft's vanilla LoRA, times m: a mask of ones reproduces LoRA.
+            delta = (lora_B(lora_A(self.lora_dropout[name](h))) * self.scaling[name]) * m
+            update = delta if update is None else update + delta
+        if update is None:
+            return result
+        flat = result.reshape(-1, result.shape[-1]).index_add(0, active.rows, update.to(result_dtype))
+        return flat.view(result.shape)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise RuntimeError("PLoRA cannot be merged into the base weights: its update depends on the token mask")
@@ -211,8 +236,7 @@ def _select_active(state: _PLoraState, args: tuple, kwargs: dict) -> None:
         mask = mask.repeat_interleave(batch // mask.shape[0], dim=0)  # as generate expands beams/return sequences
     active = mask.new_zeros(batch, length)
     active[:, lo - start : hi - start] = mask[:, lo:hi]
-    if bool(active.any()):
-        state.active = active.to(inputs.device)
+    state.active = _ActiveRows.from_mask(active.to(inputs.device))
 
 
 @contextlib.contextmanager
@@ -255,7 +279,7 @@ class _RecomputeWithMask:
 
 
 @contextlib.contextmanager
-def _active_mask(state: _PLoraState, active: torch.Tensor | None) -> Iterator[None]:
+def _active_mask(state: _PLoraState, active: _ActiveRows | None) -> Iterator[None]:
     saved = state.active
     state.active = active
     try:
