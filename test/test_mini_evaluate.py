@@ -126,9 +126,6 @@ def test_plot_learning_curve_writes_a_png_and_names_a_run_without_events(tmp_pat
         plot.main(["--exp", str(tmp_path / "missing"), "--out", str(png)])
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
 
 def test_the_no_kd_ablation_changes_only_the_loss():
     """conf/ablation/pretrain_nokd.yaml is conf/pretrain.yaml with cross-entropy on the transcript instead of
@@ -149,3 +146,20 @@ def test_the_no_kd_ablation_changes_only_the_loss():
     for cfg in (kd, nokd):
         cfg["model"].pop("temperature")  # no KL term in the ablation
     assert kd == nokd
+
+
+def test_the_finetune_kl_variant_adds_only_input_kl():
+    """conf/ablation/finetune_kl.yaml is conf/finetune.yaml with input_kl added (README "input-KD in fine-tuning")."""
+    from blspkd.train.config import TrainConfig
+    from blspkd.utils.config import from_yaml_file, to_dict
+
+    conf = REPO / "egs/mini_espeak/conf"
+    base = to_dict(from_yaml_file(TrainConfig, conf / "finetune.yaml"))
+    kl = to_dict(from_yaml_file(TrainConfig, conf / "ablation" / "finetune_kl.yaml"))
+    base_losses, kl_losses = base["model"].pop("losses"), kl["model"].pop("losses")
+    assert {k: v for k, v in kl_losses.items() if v != base_losses[k]} == {"input_kl": 1.0}
+    assert base == kl
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
