@@ -153,18 +153,18 @@ def test_the_stage4_ablations_change_only_the_loss(name, losses):
     assert kd == variant
 
 
-def test_the_finetune_kl_variant_adds_only_input_kl():
-    """conf/ablation/finetune_kl.yaml is conf/finetune.yaml with input_kl added (README "input-KD in fine-tuning")."""
+def test_the_finetune_without_kl_drops_only_input_kl():
+    """conf/ablation/finetune_nokl.yaml is conf/finetune.yaml without input_kl (README "input-KD in fine-tuning")."""
     from blspkd.train.config import TrainConfig
     from blspkd.utils.config import from_yaml_file, to_dict
 
     conf = REPO / "egs/mini_espeak/conf"
     base = to_dict(from_yaml_file(TrainConfig, conf / "finetune.yaml"))
-    kl = to_dict(from_yaml_file(TrainConfig, conf / "ablation" / "finetune_kl.yaml"))
-    base_losses, kl_losses = base["model"].pop("losses"), kl["model"].pop("losses")
-    assert {k: v for k, v in kl_losses.items() if v != base_losses[k]} == {"input_kl": 1.0}
-    assert base == kl
-
+    nokl = to_dict(from_yaml_file(TrainConfig, conf / "ablation" / "finetune_nokl.yaml"))
+    base_losses, nokl_losses = base["model"].pop("losses"), nokl["model"].pop("losses")
+    assert base_losses["input_kl"] == 1.0
+    assert {k: v for k, v in nokl_losses.items() if v != base_losses[k]} == {"input_kl": None}
+    assert base == nokl
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -200,7 +200,7 @@ def test_print_config_prints_every_key():
 
 
 @pytest.mark.parametrize("name", ["pretrain.yaml", "finetune.yaml", "tiny/pretrain.yaml", "tiny/finetune.yaml",
-                                  "ablation/pretrain_nokd.yaml", "ablation/finetune_kl.yaml",
+                                  "ablation/pretrain_nokd.yaml", "ablation/finetune_nokl.yaml",
                                   "ablation/pretrain_kd_ce.yaml"])
 def test_recipe_configs_load_and_their_model_sections_are_valid(name):
     from blspkd.models import BlspKdConfig
