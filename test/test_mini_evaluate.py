@@ -126,6 +126,13 @@ def test_plot_learning_curve_writes_a_png_and_names_a_run_without_events(tmp_pat
         plot.main(["--exp", str(tmp_path / "missing"), "--out", str(png)])
 
 
+def _mini_config(name: str) -> dict:
+    """A training config of the mini recipe, loaded strictly and resolved to a dict with every key."""
+    from blspkd.train.config import TrainConfig
+    from blspkd.utils.config import from_yaml_file, to_dict
+
+    return to_dict(from_yaml_file(TrainConfig, REPO / "egs/mini_espeak/conf" / name))
+
 
 @pytest.mark.parametrize("name,losses", [
     ("pretrain_nokd", {"response_ce": 1.0, "cif": 1.0, "cif_ce": 0.2}),
@@ -135,12 +142,7 @@ def test_the_stage4_ablations_change_only_the_loss(name, losses):
     """conf/ablation/pretrain_nokd.yaml (cross-entropy on the transcript instead of input-KD) and pretrain_kd_ce.yaml
     (both) are conf/pretrain.yaml with another loss: same start, data, batches, updates and optimiser (README "KD or
     not"); the transcript CE needs the transcription task, whose answer is the transcript."""
-    from blspkd.train.config import TrainConfig
-    from blspkd.utils.config import from_yaml_file, to_dict
-
-    conf = REPO / "egs/mini_espeak/conf"
-    kd = to_dict(from_yaml_file(TrainConfig, conf / "pretrain.yaml"))
-    variant = to_dict(from_yaml_file(TrainConfig, conf / "ablation" / f"{name}.yaml"))
+    kd, variant = _mini_config("pretrain.yaml"), _mini_config(f"ablation/{name}.yaml")
     def enabled(losses: dict) -> dict:
         return {k: v for k, v in losses.items() if v is not None}
 
@@ -155,16 +157,12 @@ def test_the_stage4_ablations_change_only_the_loss(name, losses):
 
 def test_the_finetune_without_kl_drops_only_input_kl():
     """conf/ablation/finetune_nokl.yaml is conf/finetune.yaml without input_kl (README "input-KD in fine-tuning")."""
-    from blspkd.train.config import TrainConfig
-    from blspkd.utils.config import from_yaml_file, to_dict
-
-    conf = REPO / "egs/mini_espeak/conf"
-    base = to_dict(from_yaml_file(TrainConfig, conf / "finetune.yaml"))
-    nokl = to_dict(from_yaml_file(TrainConfig, conf / "ablation" / "finetune_nokl.yaml"))
+    base, nokl = _mini_config("finetune.yaml"), _mini_config("ablation/finetune_nokl.yaml")
     base_losses, nokl_losses = base["model"].pop("losses"), nokl["model"].pop("losses")
     assert base_losses["input_kl"] == 1.0
     assert {k: v for k, v in nokl_losses.items() if v != base_losses[k]} == {"input_kl": None}
     assert base == nokl
+
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -268,6 +268,7 @@ def test_lora_branch_runs_on_masked_rows_only(pair):
         handle.remove()
     assert seen == [torch.Size([5, layer.in_features])]
 
+
 @pytest.mark.parametrize("backward_inside_context", [True, False])
 def test_gradient_checkpointing_gives_the_same_gradients(backward_inside_context):
     """Recomputed layers get the mask of their own forward: inside the context, after it has exited, and while a

@@ -201,7 +201,8 @@ def test_mini_recipe_on_slurm(tmp_path, slurm_cluster, tiny_whisper_dir, tiny_ll
         assert len(list(log_dir.glob("extract.*.log"))) == 2
         # run_slurm.py leaves the sbatch array script and Slurm's per-task output in <log dir>/q/
         assert "SLURM_ARRAY_TASK_ID" in (log_dir / "q" / "extract.sh").read_text()
-    for dset, task in (("test", "continuation"), ("test_french", "instruction"), ("test_questions", "spoken_instruction")):
+    teacher_jobs = (("test", "continuation"), ("test_french", "instruction"), ("test_questions", "spoken_instruction"))
+    for dset, task in teacher_jobs:
         assert "SLURM_ARRAY_TASK_ID" in (recipe / "dump" / dset / "log" / "q" / f"teacher_{task}.sh").read_text()
     for tag in ("warmstart", "pretrain", "finetune"):
         exp = recipe / "exp" / tag
