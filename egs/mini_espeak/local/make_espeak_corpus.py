@@ -2,7 +2,7 @@
 
 Usage:
     python local/make_espeak_corpus.py --data_dir data --wav_dir downloads/espeak_wav \
-        [--num_train 5000 --num_dev 100 --num_test 100 --seed 0 --nj 2]
+        [--num_train 5000 --num_dev 100 --num_test 200 --seed 0 --nj 2]
 
 Each utterance is one sentence (local/fortune_sentences.py; no sentence occurs in two sets) read by one voice: an
 English accent of espeak-ng combined with a voice variant (``en-gb-scotland+m4``), at a random speed (words per minute)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="wavs go to WAV_DIR/<set> (default: %(default)s)")
     parser.add_argument("--num_train", type=int, default=5000)
     parser.add_argument("--num_dev", type=int, default=100)
-    parser.add_argument("--num_test", type=int, default=100)
+    parser.add_argument("--num_test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nj", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
     parser.add_argument("--fortunes_dir", default=DEFAULT_FORTUNES_DIR)
