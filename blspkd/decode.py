@@ -79,6 +79,10 @@ class DecodeConfig:
     length_penalty: float = 1.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # Tasks scored against the transcript (transcription, plain) only: at most ceil(max_len_ratio * N_hat +
+    # max_len_offset) new tokens per utterance, N_hat = CIF's speech-token count (0 = off; max_new_tokens still caps).
+    max_len_ratio: float = 0.0
+    max_len_offset: int = 4
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_shards: int = 1
     shard: int = 1
@@ -147,6 +151,17 @@ def generation_kwargs(cfg) -> dict:
     return kwargs
 
 
+def length_cap_kwargs(cfg: DecodeConfig) -> dict:
+    """``BlspKdModel.generate``'s per-utterance length cap for ``cfg.task``: empty when off or when the task's answer
+    is not a restatement of the speech (continuations, answers: their length does not follow the speech's)."""
+    if cfg.max_len_ratio < 0 or cfg.max_len_offset < 0:
+        raise ConfigError(f"max_len_ratio and max_len_offset must be >= 0 (got {cfg.max_len_ratio}, "
+                          f"{cfg.max_len_offset})")
+    if cfg.max_len_ratio == 0 or tasks.get_task(cfg.task).reference != "text":
+        return {}
+    return {"max_len_ratio": cfg.max_len_ratio, "max_len_offset": cfg.max_len_offset}
+
+
 def sha256_or_none(path: Path) -> str | None:
     from blspkd.scoring.scorer import sha256_file
 
@@ -186,7 +201,8 @@ def decode_settings(cfg: DecodeConfig, model_dir: Path) -> dict:
     settings["model_config_sha256"] = sha256_or_none(model_dir / "config.json")
     settings["model_weights_sha256"] = sha256_or_none(model_dir / "model.safetensors")
     settings["dump_fingerprint"] = dump_fingerprint(Path(cfg.dump_dir), cfg.task)
-    settings["generate_kwargs"] = {k: v for k, v in generation_kwargs(cfg).items() if v is not None}
+    settings["generate_kwargs"] = {k: v for k, v in {**generation_kwargs(cfg), **length_cap_kwargs(cfg)}.items()
+                                   if v is not None}
     return settings
 
 
@@ -244,7 +260,7 @@ def decode_shard(cfg: DecodeConfig, model=None) -> dict:
     fe = model.feature_extractor
     log_mel = WhisperLogMel.from_extractor(fe)
     frame_seconds = fe.hop_length / fe.sampling_rate
-    gen_kwargs = generation_kwargs(cfg)
+    gen_kwargs = {**generation_kwargs(cfg), **length_cap_kwargs(cfg)}
     logger.info("shard %d/%d: %d of %d utterances of %s, task %s, batch %d, %s", cfg.shard, cfg.num_shards,
                 len(keys), len(dump.text), dump_path, cfg.task, cfg.batch_size,
                 {k: v for k, v in gen_kwargs.items() if v is not None})

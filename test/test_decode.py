@@ -252,3 +252,33 @@ def test_rebuilt_dump_dir_is_decoded_again(model, tiny_model_dir, decode_dump_di
     caplog.set_level("INFO")
     run(cfg, model=model)
     assert "already decoded" not in caplog.text
+
+
+def test_length_cap_follows_cif_count_and_truncates_the_greedy_answer(model, tiny_model_dir, decode_dump_dir,
+                                                                      tmp_path):
+    """Capped greedy decoding = the uncapped answer cut at ceil(ratio * N_hat + offset) tokens, per utterance
+    (the uncapped runs show every answer reaching max_new_tokens 20)."""
+    import math
+
+    from blspkd.decode import length_cap_kwargs
+
+    free = tmp_path / "free"
+    run(_cfg(tiny_model_dir, decode_dump_dir, free, batch_size=3, max_new_tokens=20), model=model)
+    capped = tmp_path / "capped"
+    run(_cfg(tiny_model_dir, decode_dump_dir, capped, batch_size=3, max_new_tokens=20, max_len_ratio=0.1,
+             max_len_offset=1), model=model)
+    n_cut = 0
+    for a, b in zip(_jsonl(free / "hyp.jsonl"), _jsonl(capped / "hyp.jsonl")):
+        cap = max(1, math.ceil(0.1 * a["num_speech_tokens"] + 1))
+        assert b["num_generated_tokens"] == min(a["num_generated_tokens"], cap)
+        n_cut += a["num_generated_tokens"] > cap
+        if a["num_generated_tokens"] <= cap:
+            assert b["hypothesis"] == a["hypothesis"]
+    assert n_cut > 0  # the tiny random CIF counts ~90 tokens: caps of 9-13 < 20
+    settings = yaml.safe_load((capped / "decode_config.yaml").read_text())["generate_kwargs"]
+    assert (settings["max_len_ratio"], settings["max_len_offset"]) == (0.1, 1)
+    # continuations and answers are not restatements of the speech: no cap, and no cap in their settings
+    assert length_cap_kwargs(DecodeConfig(task="continuation", max_len_ratio=0.5)) == {}
+    assert length_cap_kwargs(DecodeConfig(task="transcription")) == {}
+    with pytest.raises(ConfigError, match="max_len_ratio and max_len_offset must be >= 0"):
+        length_cap_kwargs(DecodeConfig(max_len_ratio=-1.0))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria
 
 from blspkd.data.prompts import ChatFraming
 from blspkd.losses import cif_quantity_loss, embedding_ce, kd_kl
@@ -50,6 +51,19 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 LLM_LOSSES = ("input_kl", "response_kl", "response_ce")
+
+
+class _RowLengthCap(StoppingCriteria):
+    """Stops row ``i`` once it has ``caps[i]`` new tokens (``generate`` with ``inputs_embeds`` only: ``input_ids``
+    holds just the generated tokens; beam search passes ``batch x beams`` rows, batch-major)."""
+
+    def __init__(self, caps: torch.Tensor):
+        super().__init__()
+        self.caps = caps
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.BoolTensor:
+        caps = self.caps.to(input_ids.device).repeat_interleave(input_ids.shape[0] // self.caps.shape[0])
+        return input_ids.shape[1] >= caps
 
 
 @dataclass
@@ -416,7 +430,7 @@ class BlspKdModel(nn.Module):
     def generate(self, feats: torch.Tensor | None, feats_lengths: torch.Tensor | None,
                  instructions: list[str | None] | None = None, return_details: bool = False,
                  encoder_out: torch.Tensor | None = None, encoder_out_lengths: torch.Tensor | None = None,
-                 **generate_kwargs) -> list[str] | dict:
+                 max_len_ratio: float = 0.0, max_len_offset: int = 0, **generate_kwargs) -> list[str] | dict:
         """Speech (+ optional instruction per utterance) -> text. CIF predicts each utterance's speech-token count;
         prompts are left-padded and run through transformers' ``generate`` with ``inputs_embeds`` and a KV cache;
         PLoRA applies to the speech positions of the prompt only; with ``cache_prefix`` the cache starts as the
@@ -425,6 +439,9 @@ class BlspKdModel(nn.Module):
         ``generate_kwargs`` go to ``generate``
         (``max_new_tokens`` defaults to 128; greedy unless ``num_beams``/``do_sample`` say otherwise; a ``streamer``
         receives the new tokens as they come).
+        ``max_len_ratio`` > 0 caps each utterance at ``ceil(max_len_ratio * N_hat + max_len_offset)`` new tokens
+        (N_hat: its CIF speech-token count, an estimate of the transcript's token count), as ESPnet's maxlenratio
+        caps by encoder length: an answer that restates the speech cannot loop on for the whole ``max_new_tokens``.
         ``return_details=True`` (used by blspkd/decode.py for its per-utterance records and speed figures) returns
         ``{"texts", "num_speech_tokens", "num_generated_tokens"}`` (generated tokens up to and including the first
         end-of-turn/EOS token) instead of the list of texts."""
@@ -440,6 +457,9 @@ class BlspKdModel(nn.Module):
         if context and prompt + kwargs["max_new_tokens"] > context:  # else generation may run for hours, then fail
             raise ConfigError(f"max_new_tokens {kwargs['max_new_tokens']} + the {prompt}-position prompt exceed the "
                               f"LLM's context of {context} positions; lower max_new_tokens")
+        if max_len_ratio > 0:
+            caps = torch.ceil(max_len_ratio * batch["num_tokens"].float() + max_len_offset).clamp(min=1).long()
+            kwargs["stopping_criteria"] = [*kwargs.get("stopping_criteria", []), _RowLengthCap(caps)]
         plora_mask = batch["speech_mask"]
         if "prefix_kv" in batch:
             config = kwargs.get("generation_config", self.llm.generation_config)
@@ -456,6 +476,8 @@ class BlspKdModel(nn.Module):
         is_end = torch.isin(tokens, torch.tensor(eos, device=tokens.device))
         length = torch.full((tokens.shape[0],), tokens.shape[1], device=tokens.device)
         first_end = torch.where(is_end.any(1), is_end.int().argmax(1) + 1, length)
+        if max_len_ratio > 0:  # a row stopped by its cap is padded with pad = EOS after it: not a token it generated
+            first_end = torch.minimum(first_end, caps.to(first_end.device))
         return {"texts": texts, "num_speech_tokens": [int(n) for n in batch["num_tokens"]],
                 "num_generated_tokens": [int(n) for n in first_end]}
 
