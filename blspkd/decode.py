@@ -162,6 +162,11 @@ def length_cap_kwargs(cfg: DecodeConfig) -> dict:
     return {"max_len_ratio": cfg.max_len_ratio, "max_len_offset": cfg.max_len_offset}
 
 
+def decode_kwargs(cfg: DecodeConfig) -> dict:
+    """Every ``BlspKdModel.generate`` argument decoding passes (and records in its settings)."""
+    return {**generation_kwargs(cfg), **length_cap_kwargs(cfg)}
+
+
 def sha256_or_none(path: Path) -> str | None:
     from blspkd.scoring.scorer import sha256_file
 
@@ -201,8 +206,7 @@ def decode_settings(cfg: DecodeConfig, model_dir: Path) -> dict:
     settings["model_config_sha256"] = sha256_or_none(model_dir / "config.json")
     settings["model_weights_sha256"] = sha256_or_none(model_dir / "model.safetensors")
     settings["dump_fingerprint"] = dump_fingerprint(Path(cfg.dump_dir), cfg.task)
-    settings["generate_kwargs"] = {k: v for k, v in {**generation_kwargs(cfg), **length_cap_kwargs(cfg)}.items()
-                                   if v is not None}
+    settings["generate_kwargs"] = {k: v for k, v in decode_kwargs(cfg).items() if v is not None}
     return settings
 
 
@@ -260,7 +264,7 @@ def decode_shard(cfg: DecodeConfig, model=None) -> dict:
     fe = model.feature_extractor
     log_mel = WhisperLogMel.from_extractor(fe)
     frame_seconds = fe.hop_length / fe.sampling_rate
-    gen_kwargs = {**generation_kwargs(cfg), **length_cap_kwargs(cfg)}
+    gen_kwargs = decode_kwargs(cfg)
     logger.info("shard %d/%d: %d of %d utterances of %s, task %s, batch %d, %s", cfg.shard, cfg.num_shards,
                 len(keys), len(dump.text), dump_path, cfg.task, cfg.batch_size,
                 {k: v for k, v in gen_kwargs.items() if v is not None})

@@ -18,7 +18,8 @@ Tasks: transcription | continuation | translation (--language German) | instruct
 --instruction_file FILE, or the dump dir's per-utterance 'instruction' file) | spoken_instruction | plain.
 Decoding: --num_beams N (1 = greedy), --max_new_tokens, --repetition_penalty, --no_repeat_ngram_size,
 --length_penalty (beam search), --max_len_ratio R --max_len_offset C (transcription: at most ceil(R * N_hat + C) new
-tokens per utterance, N_hat = CIF's speech-token count; 0 = off), --batch_size, --device auto|cpu|cuda. See blspkd/decode.py for the outputs.
+tokens per utterance, N_hat = CIF's speech-token count; 0 = off), --batch_size, --device auto|cpu|cuda.
+See blspkd/decode.py for the outputs.
 """
 from __future__ import annotations
 
