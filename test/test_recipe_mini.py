@@ -78,6 +78,9 @@ def test_plan_is_deterministic_with_unseen_test_voices():
             assert u.utt_id.startswith(u.speaker + "-") and re.fullmatch(r"[a-z0-9_]+", u.speaker)
     assert make_espeak_corpus.plan_corpus(sentences, sizes, seed=0) == plan
     assert make_espeak_corpus.plan_corpus(sentences, sizes, seed=1) != plan
+    smaller = make_espeak_corpus.plan_corpus(sentences, {**sizes, "train": 500}, seed=0)
+    assert smaller["test"] == plan["test"] and smaller["dev"] == plan["dev"]  # --num_train leaves test speech alone
+    assert smaller["train"] == plan["train"][:500]
     with pytest.raises(ValueError, match="only .* clean sentences are available; lower --num_train"):
         make_espeak_corpus.plan_corpus(sentences[:10], sizes, seed=0)
 

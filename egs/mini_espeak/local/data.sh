@@ -4,7 +4,7 @@
 # clips. Deterministic given --seed.
 #
 # Usage (blspkd.sh stage 1 runs it with --local_data_opts):
-#   local/data.sh [--num_train 5000] [--num_dev 100] [--num_test 200] [--num_questions 0] [--seed 0] [--nj <cores>]
+#   local/data.sh [--num_train 9000] [--num_dev 100] [--num_test 200] [--num_questions 0] [--seed 0] [--nj <cores>]
 #   ./run.sh --stage 1 --stop_stage 1 --local_data_opts "--num_train 200"   # a smaller corpus
 #
 # Output: data/{train,dev,test,test_questions,test_real}/{wav.scp,text,utt2spk,spk2utt} (test_questions also
@@ -17,7 +17,7 @@ log() {
     echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
 }
 
-num_train=5000
+num_train=9000
 num_dev=100
 num_test=200
 num_questions=0         # spoken questions: the first N of local/questions_kept.tsv (0: all 201)

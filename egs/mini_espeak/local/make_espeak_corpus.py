@@ -2,7 +2,7 @@
 
 Usage:
     python local/make_espeak_corpus.py --data_dir data --wav_dir downloads/espeak_wav \
-        [--num_train 5000 --num_dev 100 --num_test 200 --seed 0 --nj 2]
+        [--num_train 9000 --num_dev 100 --num_test 200 --seed 0 --nj 2]
 
 Each utterance is one sentence (local/fortune_sentences.py; no sentence occurs in two sets) read by one voice: an
 English accent of espeak-ng combined with a voice variant (``en-gb-scotland+m4``), at a random speed (words per minute)
@@ -92,24 +92,31 @@ def draw_utterance(rng: random.Random, variants: list[str], name: str, text: str
 
 
 def plan_corpus(sentences: list[str], sizes: dict[str, int], seed: int) -> dict[str, list[Utterance]]:
-    """Assign sentences (disjoint across sets), voices, speeds and pitches to every utterance of every set."""
+    """Assign sentences (disjoint across sets), voices, speeds and pitches to every utterance of every set.
+
+    The held-out sets take the first sentences of the shuffled pool (test, then dev) and train the ones after them, and
+    each set draws its voices from its own random stream: so a larger ``--num_train`` keeps test and dev as they are and
+    extends train (the smaller train set is a prefix of the larger one), and runs with different corpus sizes compare on
+    the same test speech.
+    """
     need = sum(sizes.values())
     if need > len(sentences):
         raise ValueError(f"{need} utterances requested but only {len(sentences)} clean sentences are available; "
                          "lower --num_train/--num_dev/--num_test")
-    rng = random.Random(seed)
     order = list(sentences)
-    rng.shuffle(order)
+    random.Random(seed).shuffle(order)
     train_variants, test_variants = split_variants(seed)
+    held_out_first = [n for n in ("test", "dev") if n in sizes] + [n for n in sizes if n not in ("test", "dev")]
     plan: dict[str, list[Utterance]] = {}
     start = 0
-    for name, size in sizes.items():
+    for name in held_out_first:
+        rng = random.Random(f"{seed}:{name}")
         variants = test_variants if name == "test" else train_variants
         plan[name] = [draw_utterance(rng, variants, f"{name}{i:05d}", text)
-                      for i, text in enumerate(order[start:start + size])]
-        start += size
+                      for i, text in enumerate(order[start:start + sizes[name]])]
+        start += sizes[name]
     check_disjoint(plan)
-    return plan
+    return {name: plan[name] for name in sizes}
 
 
 def check_disjoint(plan: dict[str, list[Utterance]]) -> None:
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", default="data", help="data dirs go to DATA_DIR/<set> (default: %(default)s)")
     parser.add_argument("--wav_dir", default="downloads/espeak_wav",
                         help="wavs go to WAV_DIR/<set> (default: %(default)s)")
-    parser.add_argument("--num_train", type=int, default=5000)
+    parser.add_argument("--num_train", type=int, default=9000)
     parser.add_argument("--num_dev", type=int, default=100)
     parser.add_argument("--num_test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
