@@ -91,6 +91,10 @@ def draw_utterance(rng: random.Random, variants: list[str], name: str, text: str
                      speed=rng.randint(*SPEED_WPM), pitch=rng.randint(*PITCH), text=text)
 
 
+# Sets that take their sentences first from the shuffled pool, in this order; the others (train) follow.
+HELD_OUT_FIRST = ("test", "dev")
+
+
 def plan_corpus(sentences: list[str], sizes: dict[str, int], seed: int) -> dict[str, list[Utterance]]:
     """Assign sentences (disjoint across sets), voices, speeds and pitches to every utterance of every set.
 
@@ -106,10 +110,10 @@ def plan_corpus(sentences: list[str], sizes: dict[str, int], seed: int) -> dict[
     order = list(sentences)
     random.Random(seed).shuffle(order)
     train_variants, test_variants = split_variants(seed)
-    held_out_first = [n for n in ("test", "dev") if n in sizes] + [n for n in sizes if n not in ("test", "dev")]
     plan: dict[str, list[Utterance]] = {}
     start = 0
-    for name in held_out_first:
+    set_order = [n for n in HELD_OUT_FIRST if n in sizes] + [n for n in sizes if n not in HELD_OUT_FIRST]
+    for name in set_order:
         rng = random.Random(f"{seed}:{name}")
         variants = test_variants if name == "test" else train_variants
         plan[name] = [draw_utterance(rng, variants, f"{name}{i:05d}", text)
