@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from blspkd.train.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
+from blspkd.train.checks import check_train_config
 from blspkd.train.config import TaskConfig, TrainConfig
 from blspkd.train.dataset import TrainingData
 from blspkd.train.sampler import BucketBatchSampler
@@ -371,3 +372,33 @@ def test_stage5_finetune_from_pretrained_with_plora_and_task_mix(tiny_whisper_di
     assert any("lora" in k for k in ft)  # PLoRA weights are trained and saved
     assert set(pre) <= set(ft)
     assert any(not torch.equal(pre[k], ft[k]) for k in pre)
+
+
+def test_plora_lr_scales_the_first_update_of_plora_weights_only(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs,
+                                                               tmp_path):
+    """One AdamW update from the same start moves each weight by about its group's lr (the first step's update is
+    lr * g / |g|), so optim.plora_lr = lr / 10 moves lora_B a tenth as far and leaves the adapter's update as it was."""
+    args = (tiny_whisper_dir, tiny_llm_dir, train_dump_dirs)
+    run(tiny_cfg(*args, tmp_path / "pre", "pretrain.yaml", "--max_steps", "2"))
+    start = final_weights(tmp_path / "pre")
+    one_update = ["--init_from", str(tmp_path / "pre" / "model"), "--max_steps", "1", "--optim.warmup_steps", "0",
+                  "--optim.weight_decay", "0"]
+    run(tiny_cfg(*args, tmp_path / "same", "finetune.yaml", *one_update))
+    run(tiny_cfg(*args, tmp_path / "low", "finetune.yaml", *one_update, "--optim.plora_lr", "5.0e-5"))
+    same, low = final_weights(tmp_path / "same"), final_weights(tmp_path / "low")
+    lora_b = [k for k in same if "lora_B" in k]
+    # lora_B starts at zero; the last layer's query, output and MLP weights get no gradient (PLoRA acts on speech
+    # rows only, and there only the last layer's keys and values reach the answer's logits)
+    moved = [k for k in lora_b if same[k].abs().max() > 0]
+    assert moved and all(same[k].abs().max() == 0 == low[k].abs().max() for k in set(lora_b) - set(moved))
+    for k in moved:
+        assert same[k].abs().max().item() == pytest.approx(5.0e-4, rel=1e-2)
+        torch.testing.assert_close(low[k], same[k] / 10, rtol=1e-3, atol=1e-9)
+    adapter = [k for k in start if "lora_" not in k]
+    assert adapter and all(torch.allclose(same[k], low[k], atol=1e-7) for k in adapter)
+    assert any(not torch.equal(start[k], same[k]) for k in adapter)
+
+
+def test_plora_lr_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="optim.plora_lr must be a positive number or null"):
+        check_train_config(parse_config(TrainConfig, ["--config", str(TINY / "finetune.yaml"), "--optim.plora_lr", "-1"]))

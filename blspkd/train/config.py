@@ -62,6 +62,9 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1.0e-4
+    # Peak learning rate of the PLoRA weights (LLM side) when it should differ from the adapter's ``lr``; None = ``lr``.
+    # Both follow the same warmup and decay. A lower one adapts the LLM less on speech positions (README, mini recipe).
+    plora_lr: float | None = None
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1.0e-8

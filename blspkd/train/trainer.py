@@ -180,14 +180,23 @@ class Trainer:
         return encoder_record(self.module.speech_encoder, config.speech_encoder)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        # No weight decay on biases and norm scales (1-D tensors), as in BERT/HF Trainer.
-        decay = [p for (n, _), p in zip(self.trainable, self.params) if p.ndim >= 2]
-        no_decay = [p for (n, _), p in zip(self.trainable, self.params) if p.ndim < 2]
+        """AdamW without weight decay on biases and norm scales (1-D tensors, as in BERT/HF Trainer); with
+        ``optim.plora_lr`` set, PLoRA's weights form groups of their own at that lr, after the adapter's."""
         o = self.cfg.optim
-        return torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-        )
+        groups: dict[tuple[bool, bool], list] = {}
+        for (name, _), p in zip(self.trainable, self.params):
+            own_lr = o.plora_lr is not None and "lora_" in name
+            groups.setdefault((own_lr, p.ndim < 2), []).append(p)
+        if o.plora_lr is not None and not any(own_lr for own_lr, _ in groups):
+            raise ConfigError("optim.plora_lr is set but the model has no trainable PLoRA weights (model.plora is "
+                              "null): remove optim.plora_lr or give model.plora")
+        param_groups = []
+        for (own_lr, no_decay), params in sorted(groups.items()):
+            group = {"params": params, "weight_decay": 0.0 if no_decay else o.weight_decay}
+            if own_lr:
+                group["lr"] = o.plora_lr
+            param_groups.append(group)
+        return torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 
     def _fsdp(self) -> bool:
         return self.world > 1 and self.cfg.distributed == "fsdp"
