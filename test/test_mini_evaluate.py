@@ -3,6 +3,8 @@ warm-start config, on tiny random models."""
 from __future__ import annotations
 
 import importlib.util
+import logging
+import re
 import json
 import sys
 from pathlib import Path
@@ -166,3 +168,35 @@ def test_the_finetune_without_kl_drops_only_input_kl():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.real_models
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/pocketsphinx/test/data/librivox/transcription").is_file(),
+                    reason="Debian package pocketsphinx-testdata missing")
+def test_whisper_reference_transcribes_a_data_dir_and_counts_audio_cut_to_the_window(real_models, tmp_path, caplog):
+    import jiwer
+    import numpy as np
+    import soundfile as sf
+
+    from blspkd.data.kaldi_dir import read_kv, write_data_dir
+
+    librivox = Path("/usr/share/pocketsphinx/test/data/librivox")
+    refs = {}  # "<s> text </s> (uttid)" lines
+    for line in (librivox / "transcription").read_text().splitlines()[:3]:
+        text, key = re.fullmatch(r"<s> (.*) </s> \((\S+)\)", line.strip()).groups()
+        refs[key] = text
+    wav = {k: str(librivox / f"{k}.wav") for k in refs}
+    first = sf.read(wav[next(iter(refs))], dtype="float32")[0]
+    sf.write(tmp_path / "long.wav", np.concatenate([first, np.zeros(31 * 16000, np.float32)]), 16000)
+    wav["zz-long"], refs["zz-long"] = str(tmp_path / "long.wav"), "unscored"
+    data = write_data_dir(tmp_path / "data", {k: "spk" for k in wav}, **{"wav.scp": wav}, text=refs)
+    with caplog.at_level(logging.INFO, logger="whisper_reference"):
+        load_local("whisper_reference").main(["--whisper", str(real_models.whisper_dir), "--data_dir", str(data),
+                                              "--out_dir", str(tmp_path / "out"), "--batch_size", "2"])
+    hyps = read_kv(tmp_path / "out" / "hyp.txt")
+    assert sorted(hyps) == sorted(wav)
+    assert "4 utterances transcribed; 1 longer than 30 s were cut to it" in caplog.text
+    keys = [k for k in refs if k != "zz-long"]
+    assert jiwer.wer([refs[k].lower() for k in keys], [hyps[k].lower().strip(".") for k in keys]) < 0.2
+    assert hyps["zz-long"].lower().split()[:3] == hyps[keys[0]].lower().split()[:3]  # the audio in the window
