@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,15 +38,9 @@ CONTINUATION_SETS = ("train", "test")
 INSTRUCTION_SETS = ("test_french", "test_is_question")
 
 
-@pytest.fixture(scope="module")
-def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
-    """The mini recipe in a sandbox after one full run (stages 1-8) and a second, identical run."""
-    if not Path(fortune_sentences.DEFAULT_FORTUNES_DIR).is_dir():
-        pytest.skip("Debian's fortunes package is not installed (apt-get install fortunes)")
-    if not (Path(prepare_librivox.DEFAULT_SRC) / "transcription").is_file():
-        pytest.skip("Debian's pocketsphinx-testdata is not installed")
-    recipe = make_recipe(tmp_path_factory.mktemp("e2e") / "egs" / "mini_espeak", MINI)
-    args = ["./run.sh", "--stage", "1", "--stop_stage", "8", "--nj", "2", "--inference_nj", "2",
+def recipe_args(tiny_whisper_dir, tiny_llm_dir) -> list[str]:
+    """The e2e run's command line, stages left to the caller."""
+    return ["./run.sh", "--nj", "2", "--inference_nj", "2",
             "--local_data_opts", "--num_train 16 --num_dev 4 --num_test 4 --num_questions 4 --nj 2",
             "--instruction_config", "conf/tiny/instructions.yaml",
             "--speech_encoder", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir),
@@ -55,6 +50,17 @@ def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
             "--teacher_args", "--max_new_tokens 8", "--decode_args", "--max_new_tokens 8",
             # both caches as in the mini recipe's own configs (run.sh passes --encoder_cache true to stage 2)
             "--pretrain_args", "--data.encoder_cache true", "--finetune_args", "--data.encoder_cache true"]
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, tiny_whisper_dir, tiny_llm_dir):
+    """The mini recipe in a sandbox after one full run (stages 1-8) and a second, identical run."""
+    if not Path(fortune_sentences.DEFAULT_FORTUNES_DIR).is_dir():
+        pytest.skip("Debian's fortunes package is not installed (apt-get install fortunes)")
+    if not (Path(prepare_librivox.DEFAULT_SRC) / "transcription").is_file():
+        pytest.skip("Debian's pocketsphinx-testdata is not installed")
+    recipe = make_recipe(tmp_path_factory.mktemp("e2e") / "egs" / "mini_espeak", MINI)
+    args = [*recipe_args(tiny_whisper_dir, tiny_llm_dir), "--stage", "1", "--stop_stage", "8"]
     start = time.time()
     first = run_script(recipe, *args)
     first_s = time.time() - start
@@ -216,7 +222,31 @@ def test_rerun_skips_every_stage(e2e):
     for stage, tag in ((4, "warmstart"), (4, "pretrain"), (5, "finetune")):
         assert f"stage {stage}: exp/{tag} already trained" in out
     assert "already exported from the same model; skipping" in out
-    for dset in TEST_SETS:
-        log = (recipe / "exp" / "finetune" / f"decode_{dset}" / "log" / "decode.1.log").read_text()
-        assert "already decoded with the same settings" in log
+    decoded = re.findall(r"stage 6: (\S+): \d+ utterances in \d+ jobs", first.stdout)
+    skipped = re.findall(r"stage 6: (\S+) already decoded with the same model, settings and data; skipping",
+                         out)
+    assert len(decoded) >= len(TEST_SETS) + len(INSTRUCTION_SETS) and skipped == decoded
     assert second_s < first_s / 2, (first_s, second_s)
+
+
+@pytest.mark.slow
+def test_other_decoding_settings_or_force_decode_again(e2e, tiny_whisper_dir, tiny_llm_dir):
+    """Stage 6's skip is keyed on the settings: other decode_args redo the pass, and so does --force true (which
+    also drops the shards, whose own markers would skip them)."""
+    recipe = e2e[0]
+    args = recipe_args(tiny_whisper_dir, tiny_llm_dir)
+    args[args.index("--decode_args") + 1] = "--max_new_tokens 6"
+    args += ["--stage", "6", "--stop_stage", "6", "--test_sets", "test_real", "--instruction_sets", "",
+             "--spoken_request_sets", "", "--instruction_exps", ""]
+    decoded = re.compile(r"stage 6: exp/finetune/decode_test_real: 5 utterances in \d+ jobs")
+    for extra, message in (([], "decoding test_real"), (["--force", "true"], "removing exp/finetune/decode_test_real/"
+                                                                             "shards (--force)")):
+        run = run_script(recipe, *args, *extra)
+        assert run.returncode == 0, run.stdout[-6000:]
+        assert message in run.stdout and decoded.search(run.stdout) and "already decoded" not in run.stdout
+        log = (recipe / "exp/finetune/decode_test_real/log/decode.1.log").read_text()
+        assert "already decoded" not in log  # the shards decoded, not skipped
+    config = yaml.safe_load((recipe / "exp/finetune/decode_test_real/decode_config.yaml").read_text())
+    assert config["max_new_tokens"] == 6
+    again = run_script(recipe, *args)
+    assert "stage 6: exp/finetune/decode_test_real already decoded with the same model" in again.stdout

@@ -604,8 +604,13 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
     fi
     # decode_exp <exp dir> <all|instruction>: every decoding pass (decode_passes) of every test set with its model.
     decode_exp() {
-        local exp=$1 mode=$2 model dset src pass ddir passes
+        local exp=$1 mode=$2 model dset src pass ddir passes model_sig dump_sig signature f
         model=$(inference_model_dir "${exp}")
+        # A pass whose model, settings and dump dir are those of its finished decoding is skipped here, without
+        # starting Python (the shards would skip themselves too, but each start costs seconds).
+        model_sig=$(for f in config.json model.safetensors tokenizer.json tokenizer_config.json chat_template.jinja \
+                        preprocessor_config.json; do [ ! -f "${model}/${f}" ] || cat "${model}/${f}"; done \
+                    | md5sum | cut -d' ' -f1)
         log "stage 6: decoding ${test_sets} ${instruction_derived_sets} (${mode} passes) with ${model}" \
             "(${decode_config:-default settings} ${decode_args})"
         for dset in ${test_sets} ${instruction_derived_sets}; do
@@ -620,10 +625,26 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
             threads=$((ncores / _nj)); [ "${threads}" -ge 1 ] || threads=1
             thread_opt=""
             ${gpu_inference} || thread_opt="--num_threads ${threads}"
+            # The dump dir's files (not its stage markers, nor the encoder outputs that decoding does not read).
+            dump_sig=$(cd "${src}" && find . -maxdepth 1 -type f ! -name '.completed.stage*' ! -name 'encoder_out*' \
+                           -print0 | sort -z | xargs -0 md5sum | md5sum | cut -d' ' -f1)
             for pass in "${passes[@]}"; do
                 ddir=${exp}/${pass%%|*}
                 # shellcheck disable=SC2206
                 task_opts=(${pass#*|})
+                signature="model ${model_sig} | dump ${dump_sig} | nj=${_nj} ${thread_opt} ${decode_opts[*]}"
+                signature+=" ${pass#*|} ${decode_args}"
+                signature+=" | $({ [ -z "${decode_config}" ] || cat "${decode_config}"; } | md5sum | cut -d' ' -f1)"
+                if [ -f "${ddir}/.completed" ] && stage_done "${ddir}" 6 "${signature}"; then
+                    log "stage 6: ${ddir} already decoded with the same model, settings and data; skipping" \
+                        "(--force true redoes it)"
+                    continue
+                fi
+                rm -f "${ddir}/.completed.stage6"
+                if ${force} && [ -d "${ddir}/shards" ]; then
+                    log "stage 6: removing ${ddir}/shards (--force)"
+                    rm -rf "${ddir}/shards"
+                fi
                 mkdir -p "${ddir}/log"
                 start=${SECONDS}
                 # Each shard skips itself when already decoded with the same settings and model (see blspkd/decode.py).
@@ -637,6 +658,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
                     --out_dir "${ddir}" --num_shards "${_nj}" --merge true "${task_opts[@]+"${task_opts[@]}"}" \
                     ${decode_args} 2>&1 | tee "${ddir}/log/merge.log"
                 [ -f "${ddir}/.completed" ] || die "stage 6: merging the shards of ${ddir} failed; see ${ddir}/log/merge.log"
+                mark_stage_done "${ddir}" 6 "${signature}"
                 log "stage 6: ${ddir}: ${num_utts} utterances in ${_nj} jobs, $((SECONDS - start)) s;" \
                     "$(grep -o 'real-time factor [0-9.]*, [0-9.]* generated tokens/s' "${ddir}/log/merge.log" | tail -n 1)"
             done
