@@ -299,7 +299,7 @@ def test_cli_scores_and_aggregates(decode_tree, capsys, monkeypatch):
         "--ref", "dump/test/continuation", "--hyp", str(d2 / "hyp.txt"), "--metric", "align", "--out-dir", str(d2),
     ]) == 0
     align = json.loads((d2 / "result.json").read_text())["metrics"]
-    assert set(align) == {"align_bleu", "align_chrf"}
+    assert set(align) == {"align_bleu", "align_chrf", "align_chrf_mismatched"}
     capsys.readouterr()
     assert score_cli.main(["--aggregate", "exp", "--results_md", "RESULTS.md"]) == 0
     table = capsys.readouterr().out
@@ -315,6 +315,8 @@ def test_cli_scores_and_aggregates(decode_tree, capsys, monkeypatch):
         + "/".join(f"{p:.1f}" for p in align["align_bleu"]["precisions"])
         + f" BP={align['align_bleu']['brevity_penalty']:.3f} | 3 |",
         f"| exp/kd_b | test_continuation | align chrF | {align['align_chrf']['score']:.2f} |  | 3 |",
+        f"| exp/kd_b | test_continuation | align chrF, other utterances' refs | "
+        f"{align['align_chrf_mismatched']['score']:.2f} |  | 3 |",
     ]
     md = (root / "RESULTS.md").read_text()
     assert table in md
@@ -390,3 +392,21 @@ def test_aggregate_leaves_out_foreign_result_json(decode_tree, caplog):
     (d1 / "result.json").write_text("{broken")
     with pytest.raises(ValueError, match="decode_test/result.json: unreadable .*; re-run scoring for"):
         collect_results([root / "exp"])
+
+
+def test_mismatched_chrf_is_the_mean_over_shifted_references():
+    from sacrebleu.metrics import CHRF
+
+    from blspkd.scoring.bleu import corpus_chrf_mismatched
+
+    hyps = ["le chat dort", "il pleut", "je mange une pomme"]
+    refs = ["le chat dort bien", "il pleut beaucoup", "je mange"]
+    by_hand = [CHRF().corpus_score(hyps, [["il pleut beaucoup", "je mange", "le chat dort bien"]]).score,
+               CHRF().corpus_score(hyps, [["je mange", "le chat dort bien", "il pleut beaucoup"]]).score]
+    got = corpus_chrf_mismatched(hyps, refs)
+    assert got["shifts"] == [1, 2] and got["num_utts"] == 3
+    assert got["score"] == pytest.approx(sum(by_hand) / 2, abs=1e-4)
+    assert got["score"] < CHRF().corpus_score(hyps, [refs]).score  # the matched references share more
+    assert corpus_chrf_mismatched(hyps[:1], refs[:1]) is None
+    many = corpus_chrf_mismatched([f"h{i}" for i in range(40)], [f"r{i}" for i in range(40)])
+    assert many["shifts"] == [1, 5, 10, 15, 20, 25, 30, 35]

@@ -11,6 +11,15 @@ The tokeniser is chosen by the target language: zh -> 'zh'; ja -> 'ja-mecab' whe
 Behaviour alignment (BLSP): for continuation/instruction tasks, BLEU (and chrF) of the responses generated from speech
 against the responses the same LLM generated from the transcript text; 100 means the speech input made the LLM behave
 exactly as the text did.
+
+Its floor: the same chrF against other utterances' references (``align_chrf_mismatched``), the mean over shifts
+``s`` of the reference list, hypothesis i scored against reference (i + s) mod n:
+
+    floor = (1/|S|) * sum_{s in S} chrF(hyps, refs shifted by s),   S = up to 8 shifts spread evenly over 1..n-1
+
+What an answer of the right form and language earns without the speech's content (a French-looking answer to any
+sentence shares character n-grams with any French reference); the alignment above that floor is what the content
+adds. Deterministic (no random shuffle), and needs at least 2 utterances.
 """
 from __future__ import annotations
 
@@ -79,6 +88,24 @@ def corpus_chrf(hyps: list[str], refs: list[str]) -> dict:
         "signature": str(metric.get_signature()),
         "text": str(s),
     }
+
+
+MISMATCHED_SHIFTS = 8
+
+
+def corpus_chrf_mismatched(hyps: list[str], refs: list[str]) -> dict | None:
+    """chrF of the hypotheses against other utterances' references, averaged over shifts (the module docstring);
+    None for fewer than 2 utterances."""
+    n = len(hyps)
+    if n < 2:
+        return None
+    k = min(MISMATCHED_SHIFTS, n - 1)
+    shifts = [1 + (i * (n - 1)) // k for i in range(k)]  # distinct, in 1..n-1
+    metric = CHRF()
+    scores = [metric.corpus_score(hyps, [refs[s:] + refs[:s]]).score for s in shifts]
+    mean = sum(scores) / len(scores)
+    return {"score": round(mean, 4), "num_utts": n, "shifts": shifts, "signature": str(metric.get_signature()),
+            "text": f"chrF2 = {mean:.2f} (mean over {len(shifts)} shifts of the references)"}
 
 
 def sentence_scores(keys: list[str], hyps: list[str], refs: list[str], tokenize: str) -> list[dict]:

@@ -42,6 +42,7 @@ METRIC_LABELS = {
     "chrf": "chrF",
     "align_bleu": "align BLEU",
     "align_chrf": "align chrF",
+    "align_chrf_mismatched": "align chrF, other utterances' refs",
     "exact": "exact match (%)",
 }
 

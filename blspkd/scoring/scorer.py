@@ -2,7 +2,8 @@
 
 Metrics: ``wer`` and ``cer`` (jiwer, after the normaliser of normalize.py), ``bleu`` and ``chrf`` (sacrebleu, raw text),
 ``align`` (behaviour alignment: BLEU and chrF of speech-input responses against the teacher's text-input responses, so
-the reference is the teacher response file, e.g. dump/<set>/continuation), ``exact`` (the percentage of utterances
+the reference is the teacher response file, e.g. dump/<set>/continuation; with it, the chrF against other utterances'
+references, its content-free floor: blspkd/scoring/bleu.py), ``exact`` (the percentage of utterances
 whose hypothesis equals the reference after the WER normaliser: an answer that says the same thing in the same
 words), ``all`` = wer, cer, bleu, chrf.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .bleu import corpus_bleu, corpus_chrf, sentence_scores, tokenizer_for_language
+from .bleu import corpus_bleu, corpus_chrf, corpus_chrf_mismatched, sentence_scores, tokenizer_for_language
 from .normalize import describe_normalizer, get_normalizer, resolve_normalizer
 from .text_files import ScoringError, pair_keys, read_text_file
 from .wer import ErrorRate, error_rate
@@ -112,6 +113,9 @@ def score_files(
         elif name == "align":
             scores["align_bleu"] = corpus_bleu(hyp_list, ref_list, tokenize)
             scores["align_chrf"] = corpus_chrf(hyp_list, ref_list)
+            mismatched = corpus_chrf_mismatched(hyp_list, ref_list)
+            if mismatched is not None:
+                scores["align_chrf_mismatched"] = mismatched
         elif name == "exact":
             scores["exact"], result.sentences["exact"] = exact_match(keys, refs, hyps, normalize)
         if name in ("bleu", "chrf", "align"):
