@@ -399,6 +399,17 @@ def test_plora_lr_scales_the_first_update_of_plora_weights_only(tiny_whisper_dir
     assert any(not torch.equal(start[k], same[k]) for k in adapter)
 
 
+def test_resume_with_plora_lr_set_since_is_an_error_naming_the_key(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs,
+                                                                   tmp_path):
+    args = (tiny_whisper_dir, tiny_llm_dir, train_dump_dirs)
+    run(tiny_cfg(*args, tmp_path / "pre", "pretrain.yaml", "--max_steps", "2"))
+    ft = ["--init_from", str(tmp_path / "pre" / "model"), "--save_interval", "1"]
+    run(tiny_cfg(*args, tmp_path / "ft", "finetune.yaml", *ft, "--stop_after_steps", "1"))
+    with pytest.raises(ConfigError, match=r"optim.plora_lr was set or unset since it was saved.*config.yaml"):
+        run(tiny_cfg(*args, tmp_path / "ft", "finetune.yaml", *ft, "--optim.plora_lr", "1.0e-5"))
+
+
 def test_plora_lr_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="optim.plora_lr must be a positive number or null"):
-        check_train_config(parse_config(TrainConfig, ["--config", str(TINY / "finetune.yaml"), "--optim.plora_lr", "-1"]))
+        check_train_config(parse_config(TrainConfig, ["--config", str(TINY / "finetune.yaml"),
+                                                      "--optim.plora_lr", "-1"]))

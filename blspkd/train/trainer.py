@@ -211,6 +211,11 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         optim_state = state["optimizer"]
+        if len(optim_state["param_groups"]) != len(self.optimizer.param_groups):
+            raise ConfigError(
+                f"{self.exp_dir}: its checkpoint's optimizer has {len(optim_state['param_groups'])} parameter groups "
+                f"and this config builds {len(self.optimizer.param_groups)}: optim.plora_lr was set or unset since it "
+                f"was saved. Resume with the saved value ({self.exp_dir}/config.yaml) or start a new exp_dir")
         if self._fsdp():  # cut the full tensors into this rank's shards, laid out like the parameters
             ordered = [p for group in self.optimizer.param_groups for p in group["params"]]
             optim_state["state"] = {
