@@ -3,9 +3,9 @@ warm-start config, on tiny random models."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
-import json
 import sys
 from pathlib import Path
 
@@ -166,10 +166,6 @@ def test_the_finetune_without_kl_drops_only_input_kl():
     assert base == nokl
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 @pytest.mark.real_models
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/share/pocketsphinx/test/data/librivox/transcription").is_file(),
@@ -200,3 +196,7 @@ def test_whisper_reference_transcribes_a_data_dir_and_counts_audio_cut_to_the_wi
     keys = [k for k in refs if k != "zz-long"]
     assert jiwer.wer([refs[k].lower() for k in keys], [hyps[k].lower().strip(".") for k in keys]) < 0.2
     assert hyps["zz-long"].lower().split()[:3] == hyps[keys[0]].lower().split()[:3]  # the audio in the window
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -316,7 +316,8 @@ def write_results_md(entries: list[dict], path: str | Path, command: str = "") -
         "- WER/CER in percent after the normaliser named per row below; BLEU/chrF on raw text (sacrebleu signatures "
         "below); `align` = behaviour alignment (speech-input responses against the LLM's text-input responses), and "
         "`align chrF, other utterances' refs` its content-free floor (the same answers against other utterances' "
-        "references: what the right form earns without the speech's content); exact match = hypotheses equal to the reference after the WER normaliser.",
+        "references: what the right form earns without the speech's content); exact match = hypotheses equal to the "
+        "reference after the WER normaliser.",
         "- Hashes: sha256 of the resolved configs (key order and formatting do not matter), first 12 hex digits.",
         "",
         "## Results",

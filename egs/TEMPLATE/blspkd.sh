@@ -602,6 +602,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
         _cmd=${decode_cmd}
         decode_opts+=(--device cpu)
     fi
+    decode_config_sig=$({ [ -z "${decode_config}" ] || cat "${decode_config}"; } | md5sum | cut -d' ' -f1)
     # decode_exp <exp dir> <all|instruction>: every decoding pass (decode_passes) of every test set with its model.
     decode_exp() {
         local exp=$1 mode=$2 model dset src pass ddir passes model_sig dump_sig signature f
@@ -633,8 +634,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
                 # shellcheck disable=SC2206
                 task_opts=(${pass#*|})
                 signature="model ${model_sig} | dump ${dump_sig} | nj=${_nj} ${thread_opt} ${decode_opts[*]}"
-                signature+=" ${pass#*|} ${decode_args}"
-                signature+=" | $({ [ -z "${decode_config}" ] || cat "${decode_config}"; } | md5sum | cut -d' ' -f1)"
+                signature+=" ${pass#*|} ${decode_args} | ${decode_config_sig}"
                 if [ -f "${ddir}/.completed" ] && stage_done "${ddir}" 6 "${signature}"; then
                     log "stage 6: ${ddir} already decoded with the same model, settings and data; skipping" \
                         "(--force true redoes it)"

@@ -7,10 +7,10 @@ Usage:
         --metric wer,cer --lang en --out_dir exp/whisper_reference/decode_test
 
 The speech model reads the same encoder's outputs (frozen), so this WER says how much of the words the encoder's
-representation of these voices gives the decoder it was trained with (README "What limits the WER"). Greedy decoding
-with the model's generation_config.json (Whisper's defaults, no temperature fallback: its repetition loops stay in
-and count as insertions). Audio longer than Whisper's 30 s window is cut to it, and counted in the log.
-Writes ``<out_dir>/hyp.txt`` (``<uttid> <text>`` lines, sorted by utterance id).
+representation of these voices gives the decoder it was trained with (README "What the encoder gives its own
+decoder"). Greedy decoding with the model's generation_config.json (Whisper's defaults, no temperature fallback: its
+repetition loops stay in and count as insertions). Audio longer than Whisper's 30 s window is cut to it, and counted
+in the log. Writes ``<out_dir>/hyp.txt`` (``<uttid> <text>`` lines, sorted by utterance id).
 """
 from __future__ import annotations
 
