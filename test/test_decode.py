@@ -226,7 +226,20 @@ def test_recipe_stages_6_to_8(tiny_model_dir, decode_dump_dir, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:]
     for name in ("decode_test", "decode_test_continuation"):  # skipped by stage 6's own markers, no Python started
         assert f"stage 6: exp/tiny/{name} already decoded with the same model, settings and data" in res.stdout
+        assert f"stage 7: exp/tiny/{name} already scored from the same hypotheses and references" in res.stdout
+    assert "RESULTS.md already up to date" in res.stdout
     assert "already exported from the same model; skipping" in res.stdout
+
+    # Hypotheses edited by hand: stage 7 scores that pass again (only it) and rewrites RESULTS.md.
+    hyp = exp / "decode_test" / "hyp.txt"
+    hyp.write_text("".join(f"{key} nothing like it\n" for key in keys))
+    res = run_script(recipe, *args[:-4], "--stage", "7", "--stop_stage", "7")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "stage 7: scoring exp/tiny/decode_test (task transcription" in res.stdout
+    assert "stage 7: exp/tiny/decode_test_continuation already scored" in res.stdout
+    assert "RESULTS.md already up to date" not in res.stdout
+    assert json.loads((exp / "decode_test" / "result.json").read_text())["hyp_sha256"] == \
+        hashlib.sha256(hyp.read_bytes()).hexdigest()
 
 
 @pytest.mark.gpu

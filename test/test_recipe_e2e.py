@@ -226,6 +226,9 @@ def test_rerun_skips_every_stage(e2e):
     skipped = re.findall(r"stage 6: (\S+) already decoded with the same model, settings and data; skipping",
                          out)
     assert len(decoded) >= len(TEST_SETS) + len(INSTRUCTION_SETS) and skipped == decoded
+    scored = re.findall(r"stage 7: scoring (\S+) \(task", first.stdout)
+    assert re.findall(r"stage 7: (\S+) already scored from the same hypotheses and references", out) == scored
+    assert len(scored) >= len(TEST_SETS) and "RESULTS.md already up to date" in out
     assert second_s < first_s / 2, (first_s, second_s)
 
 

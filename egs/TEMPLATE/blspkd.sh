@@ -676,26 +676,38 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
     exp=$(inference_exp_dir)
     write_stage_script "${exp}/run_stage7.sh" 7
     n_scored=0
+    # The code that turns hypotheses into scores and RESULTS.md: a change to it scores everything again.
+    scorer_sig=$(cd "${MAIN_ROOT}/blspkd" && cat scoring/*.py scoring/*.json bin/score.py tasks.py | md5sum | cut -d' ' -f1)
     # score_exp <exp dir> <all|instruction>: score every complete decode dir of decode_passes.
     score_exp() {
-        local exp=$1 mode=$2 dset pass ddir task score_opts
+        local exp=$1 mode=$2 dset pass ddir task score_opts signature
         for dset in ${test_sets} ${instruction_derived_sets}; do
             for pass in $(decode_passes "${dset}" "${mode}" | cut -d'|' -f1); do
                 ddir=${exp}/${pass}
                 [ -f "${ddir}/.completed" ] || continue
                 # Stage 6 wrote the task's references next to the hypotheses (text, continuation, response, ...).
                 task=$(sed -n 's/^task: *//p' "${ddir}/decode_config.yaml")
-                # The task registry (blspkd/tasks.py) says how the task is scored.
-                score_opts=$(python -m blspkd.bin.tasks score_options "${task}") || die "stage 7: ${ddir}: task '${task}'"
                 if [ ! -f "${ddir}/ref.txt" ]; then
                     log "stage 7: ${ddir}: no references for task ${task} in ${dumpdir}/${dset}; not scored"
                     continue
                 fi
+                n_scored=$((n_scored + 1))
+                # Skipped without starting Python when the hypotheses, references, task and scorer are unchanged.
+                signature="scorer ${scorer_sig} | ${score_args} | $(cat "${ddir}/hyp.txt" "${ddir}/ref.txt" \
+                    "${ddir}/decode_config.yaml" | md5sum | cut -d' ' -f1)"
+                if [ -f "${ddir}/result.json" ] && stage_done "${ddir}" 7 "${signature}"; then
+                    log "stage 7: ${ddir} already scored from the same hypotheses and references; skipping" \
+                        "(--force true redoes it)"
+                    continue
+                fi
+                rm -f "${ddir}/.completed.stage7"
+                # The task registry (blspkd/tasks.py) says how the task is scored.
+                score_opts=$(python -m blspkd.bin.tasks score_options "${task}") || die "stage 7: ${ddir}: task '${task}'"
                 log "stage 7: scoring ${ddir} (task ${task}: ${score_opts})"
                 # shellcheck disable=SC2086
                 python -m blspkd.bin.score --ref "${ddir}/ref.txt" --hyp "${ddir}/hyp.txt" ${score_opts} --lang en \
                     --out_dir "${ddir}" ${score_args} 2>&1 | tee "${ddir}/score.log"
-                n_scored=$((n_scored + 1))
+                mark_stage_done "${ddir}" 7 "${signature}"
             done
         done
     }
@@ -705,8 +717,16 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
     done
     [ "${n_scored}" -ge 1 ] || die "stage 7: nothing to score: no complete ${exp}/decode_<set>* for test sets" \
         "'${test_sets}'; run stage 6 first"
-    python -m blspkd.bin.score --aggregate "${expdir}" --results_md RESULTS.md
-    log "stage 7 done: ${n_scored} decode dirs scored, RESULTS.md written (${SECONDS} s elapsed)"
+    # RESULTS.md gathers every result.json under ${expdir}: rewritten when one of them (or the scorer) changed.
+    signature="scorer ${scorer_sig} | $(cd "${expdir}" && find . -name result.json -print0 | sort -z \
+        | xargs -0 md5sum | md5sum | cut -d' ' -f1)"
+    if [ -f RESULTS.md ] && stage_done "${expdir}" 7 "${signature}"; then
+        log "stage 7: RESULTS.md already up to date with every result.json under ${expdir}; skipping"
+    else
+        python -m blspkd.bin.score --aggregate "${expdir}" --results_md RESULTS.md
+        mark_stage_done "${expdir}" 7 "${signature}"
+    fi
+    log "stage 7 done: ${n_scored} decode dirs scored or up to date, RESULTS.md written (${SECONDS} s elapsed)"
 fi
 
 # ================================================================================================ stage 8: export
