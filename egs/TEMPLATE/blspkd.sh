@@ -726,7 +726,7 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
         python -m blspkd.bin.score --aggregate "${expdir}" --results_md RESULTS.md
         mark_stage_done "${expdir}" 7 "${signature}"
     fi
-    log "stage 7 done: ${n_scored} decode dirs scored or up to date, RESULTS.md written (${SECONDS} s elapsed)"
+    log "stage 7 done: ${n_scored} decode dirs scored or up to date, and RESULTS.md (${SECONDS} s elapsed)"
 fi
 
 # ================================================================================================ stage 8: export
