@@ -231,6 +231,12 @@ mark_stage_done() {  # mark_stage_done <dir> <stage> <signature>
     echo "$3" > "$1/.completed.stage$2.tmp"
     mv "$1/.completed.stage$2.tmp" "$1/.completed.stage$2"
 }
+# files_md5 <dir> <find tests...>: one md5 over the names and contents of the files that find selects under <dir>.
+files_md5() {
+    local dir=$1
+    shift
+    (cd "${dir}" && find . "$@" -print0 | sort -z | xargs -0 md5sum | md5sum | cut -d' ' -f1)
+}
 
 # The sets named on the command line, in order, without duplicates.
 all_sets() {
@@ -627,8 +633,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ] && stage_requested 6; then
             thread_opt=""
             ${gpu_inference} || thread_opt="--num_threads ${threads}"
             # The dump dir's files (not its stage markers, nor the encoder outputs that decoding does not read).
-            dump_sig=$(cd "${src}" && find . -maxdepth 1 -type f ! -name '.completed.stage*' ! -name 'encoder_out*' \
-                           -print0 | sort -z | xargs -0 md5sum | md5sum | cut -d' ' -f1)
+            dump_sig=$(files_md5 "${src}" -maxdepth 1 -type f ! -name '.completed.stage*' ! -name 'encoder_out*')
             for pass in "${passes[@]}"; do
                 ddir=${exp}/${pass%%|*}
                 # shellcheck disable=SC2206
@@ -718,8 +723,7 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
     [ "${n_scored}" -ge 1 ] || die "stage 7: nothing to score: no complete ${exp}/decode_<set>* for test sets" \
         "'${test_sets}'; run stage 6 first"
     # RESULTS.md gathers every result.json under ${expdir}: rewritten when one of them (or the scorer) changed.
-    signature="scorer ${scorer_sig} | $(cd "${expdir}" && find . -name result.json -print0 | sort -z \
-        | xargs -0 md5sum | md5sum | cut -d' ' -f1)"
+    signature="scorer ${scorer_sig} | $(files_md5 "${expdir}" -name result.json)"
     if [ -f RESULTS.md ] && stage_done "${expdir}" 7 "${signature}"; then
         log "stage 7: RESULTS.md already up to date with every result.json under ${expdir}; skipping"
     else
