@@ -241,6 +241,18 @@ def test_recipe_stages_6_to_8(tiny_model_dir, decode_dump_dir, tmp_path):
     assert json.loads((exp / "decode_test" / "result.json").read_text())["hyp_sha256"] == \
         hashlib.sha256(hyp.read_bytes()).hexdigest()
 
+    # Another version of a package the scores come from (a jiwer 99.0 found first on the path; the module imported is
+    # still the real one): every pass is scored again.
+    fake = tmp_path / "site" / "jiwer-99.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: jiwer\nVersion: 99.0\n")
+    path = os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")]))
+    res = run_script(recipe, *args[:-4], "--stage", "7", "--stop_stage", "7", env={"PYTHONPATH": path})
+    assert res.returncode == 0, res.stdout[-3000:]
+    for name in ("decode_test", "decode_test_continuation"):
+        assert f"stage 7: scoring exp/tiny/{name} (task" in res.stdout
+    assert "jiwer==99.0" in (exp / "decode_test" / ".completed.stage7").read_text()
+
 
 @pytest.mark.gpu
 def test_decode_on_gpu(tiny_model_dir, decode_dump_dir, tmp_path):

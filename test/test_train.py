@@ -405,8 +405,42 @@ def test_resume_with_plora_lr_set_since_is_an_error_naming_the_key(tiny_whisper_
     run(tiny_cfg(*args, tmp_path / "pre", "pretrain.yaml", "--max_steps", "2"))
     ft = ["--init_from", str(tmp_path / "pre" / "model"), "--save_interval", "1"]
     run(tiny_cfg(*args, tmp_path / "ft", "finetune.yaml", *ft, "--stop_after_steps", "1"))
-    with pytest.raises(ConfigError, match=r"optim.plora_lr was set or unset since it was saved.*config.yaml"):
+    with pytest.raises(ConfigError, match=r"optim.plora_lr or optim.speech_encoder_lr was set or unset since it "
+                                          r"was saved.*config.yaml"):
         run(tiny_cfg(*args, tmp_path / "ft", "finetune.yaml", *ft, "--optim.plora_lr", "1.0e-5"))
+
+
+def test_speech_encoder_lr_scales_the_first_update_of_the_encoder_only(tiny_whisper_dir, tiny_llm_dir,
+                                                                       train_dump_dirs, tmp_path):
+    """With the encoder trained (model.freeze_speech_encoder: false), optim.speech_encoder_lr = lr / 10 moves each
+    encoder weight a tenth as far in the first AdamW update (lr * g / |g|) and leaves the adapter's update as it was."""
+    args = (tiny_whisper_dir, tiny_llm_dir, train_dump_dirs)
+    one_update = ["--model.freeze_speech_encoder", "false", "--max_steps", "1",
+                  "--optim.warmup_steps", "0", "--optim.weight_decay", "0"]
+    same_cfg = tiny_cfg(*args, tmp_path / "same", "warmstart.yaml", *one_update)
+    start = final_weights_init(same_cfg)
+    run(same_cfg)
+    run(tiny_cfg(*args, tmp_path / "low", "warmstart.yaml", *one_update, "--optim.speech_encoder_lr", "1.0e-4"))
+    same, low = final_weights(tmp_path / "same"), final_weights(tmp_path / "low")
+    encoder = [k for k in start if k.startswith("speech_encoder.")]
+    adapter = [k for k in start if not k.startswith("speech_encoder.")]
+    assert encoder and adapter and set(same) == set(low) == set(start)
+    moved = [k for k in encoder if not torch.equal(same[k], start[k])]
+    assert moved
+    for k in moved:
+        step, low_step = same[k] - start[k], low[k] - start[k]
+        assert step.abs().max().item() == pytest.approx(1.0e-3, rel=1e-2)
+        torch.testing.assert_close(low_step, step / 10, rtol=1e-3, atol=2e-7)  # fp32 spacing near 1
+    assert all(torch.allclose(same[k], low[k], atol=1e-7) for k in adapter)
+    assert any(not torch.equal(start[k], same[k]) for k in adapter)
+
+
+def test_group_lr_without_its_weights_is_an_error_naming_the_key(tiny_whisper_dir, tiny_llm_dir, train_dump_dirs,
+                                                                 tmp_path):
+    args = (tiny_whisper_dir, tiny_llm_dir, train_dump_dirs)
+    with pytest.raises(ConfigError, match=r"optim.speech_encoder_lr is set but the model has no trainable speech "
+                                          r"encoder \(model.freeze_speech_encoder is true\)"):
+        run(tiny_cfg(*args, tmp_path / "ws", "warmstart.yaml", "--optim.speech_encoder_lr", "1.0e-5"))
 
 
 def test_plora_lr_must_be_positive(tmp_path):

@@ -79,9 +79,10 @@ def check_train_config(cfg: TrainConfig) -> None:
         errors.append(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
     if not (math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0):
         errors.append(f"optim.lr must be a positive number, got {cfg.optim.lr}")
-    plora_lr = cfg.optim.plora_lr
-    if plora_lr is not None and not (math.isfinite(plora_lr) and plora_lr > 0):
-        errors.append(f"optim.plora_lr must be a positive number or null (= optim.lr), got {plora_lr}")
+    for key in ("plora_lr", "speech_encoder_lr"):
+        group_lr = getattr(cfg.optim, key)
+        if group_lr is not None and not (math.isfinite(group_lr) and group_lr > 0):
+            errors.append(f"optim.{key} must be a positive number or null (= optim.lr), got {group_lr}")
     if cfg.data.num_workers < 0:
         errors.append(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     if not cfg.data.train:

@@ -65,6 +65,9 @@ class OptimConfig:
     # Peak learning rate of the PLoRA weights (LLM side) when it should differ from the adapter's ``lr``; None = ``lr``.
     # Both follow the same warmup and decay. A lower one adapts the LLM less on speech positions (README, mini recipe).
     plora_lr: float | None = None
+    # Peak learning rate of the speech encoder's weights when it is trained (model.freeze_speech_encoder: false); None
+    # = ``lr``. A pretrained encoder usually wants one far below a freshly initialised adapter's.
+    speech_encoder_lr: float | None = None
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1.0e-8

@@ -181,20 +181,25 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """AdamW without weight decay on biases and norm scales (1-D tensors, as in BERT/HF Trainer); with
-        ``optim.plora_lr`` set, PLoRA's weights form groups of their own at that lr, after the adapter's."""
+        ``optim.plora_lr`` or ``optim.speech_encoder_lr`` set, PLoRA's or the encoder's weights form groups of their
+        own at that lr, after the adapter's."""
         o = self.cfg.optim
-        groups: dict[tuple[bool, bool], list] = {}
+        own = {"plora_lr": (o.plora_lr, lambda name: "lora_" in name, "trainable PLoRA weights (model.plora is null)"),
+               "speech_encoder_lr": (o.speech_encoder_lr, lambda name: name.startswith("speech_encoder."),
+                                     "trainable speech encoder (model.freeze_speech_encoder is true)")}
+        groups: dict[tuple[str, bool], list] = {}
         for (name, _), p in zip(self.trainable, self.params):
-            own_lr = o.plora_lr is not None and "lora_" in name
-            groups.setdefault((own_lr, p.ndim < 2), []).append(p)
-        if o.plora_lr is not None and not any(own_lr for own_lr, _ in groups):
-            raise ConfigError("optim.plora_lr is set but the model has no trainable PLoRA weights (model.plora is "
-                              "null): remove optim.plora_lr or give model.plora")
+            key = next((k for k, (lr, owns, _) in own.items() if lr is not None and owns(name)), "")
+            groups.setdefault((key, p.ndim < 2), []).append(p)
+        for key, (lr, _, what) in own.items():
+            if lr is not None and not any(k == key for k, _ in groups):
+                raise ConfigError(f"optim.{key} is set but the model has no {what}: remove optim.{key} or "
+                                  "train those weights")
         param_groups = []
-        for (own_lr, no_decay), params in sorted(groups.items()):
+        for (key, no_decay), params in sorted(groups.items()):
             group = {"params": params, "weight_decay": 0.0 if no_decay else o.weight_decay}
-            if own_lr:
-                group["lr"] = o.plora_lr
+            if key:
+                group["lr"] = own[key][0]
             param_groups.append(group)
         return torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 
@@ -214,8 +219,9 @@ class Trainer:
         if len(optim_state["param_groups"]) != len(self.optimizer.param_groups):
             raise ConfigError(
                 f"{self.exp_dir}: its checkpoint's optimizer has {len(optim_state['param_groups'])} parameter groups "
-                f"and this config builds {len(self.optimizer.param_groups)}: optim.plora_lr was set or unset since it "
-                f"was saved. Resume with the saved value ({self.exp_dir}/config.yaml) or start a new exp_dir")
+                f"and this config builds {len(self.optimizer.param_groups)}: optim.plora_lr or "
+                f"optim.speech_encoder_lr was set or unset since it was saved. Resume with the saved values "
+                f"({self.exp_dir}/config.yaml) or start a new exp_dir")
         if self._fsdp():  # cut the full tensors into this rank's shards, laid out like the parameters
             ordered = [p for group in self.optimizer.param_groups for p in group["params"]]
             optim_state["state"] = {
