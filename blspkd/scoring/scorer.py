@@ -25,6 +25,9 @@ from .wer import ErrorRate, error_rate
 log = logging.getLogger(__name__)
 
 METRICS = ("wer", "cer", "bleu", "chrf", "align", "exact")
+# Every package a score can depend on (jiwer's alignment, sacrebleu's BLEU/chrF, transformers' English normaliser):
+# result.json records those a run used, and the recipe's stage 7 re-scores when any of their versions changes.
+SCORING_PACKAGES = ("jiwer", "sacrebleu", "transformers")
 RESULT_FORMAT = "blspkd-score-1"
 
 
@@ -123,9 +126,10 @@ def score_files(
             if group not in result.sentences:
                 result.sentences[group] = sentence_scores(keys, hyp_list, ref_list, tokenize)
     uses_normalizer = any(m in ("wer", "cer", "exact") for m in metrics)
-    scorers = ["jiwer"] * uses_normalizer + ["sacrebleu"] * any(m in ("bleu", "chrf", "align") for m in metrics)
+    jiwer, sacrebleu, transformers = SCORING_PACKAGES
+    scorers = [jiwer] * uses_normalizer + [sacrebleu] * any(m in ("bleu", "chrf", "align") for m in metrics)
     if uses_normalizer and resolve_normalizer(normalizer, lang) == "whisper_en":
-        scorers.append("transformers")
+        scorers.append(transformers)
     result.summary = {
         "format": RESULT_FORMAT,
         "ref": str(ref_path),

@@ -682,12 +682,11 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ] && stage_requested 7; then
     write_stage_script "${exp}/run_stage7.sh" 7
     n_scored=0
     # The code that turns hypotheses into scores and RESULTS.md, and the versions of the packages it scores with
-    # (sacrebleu's BLEU/chrF, jiwer's alignment, transformers' English normaliser): a change to either scores
-    # everything again.
+    # (SCORING_PACKAGES of blspkd/scoring/scorer.py): a change to either scores everything again.
     scorer_sig=$(cd "${MAIN_ROOT}/blspkd" && cat scoring/*.py scoring/*.json bin/score.py tasks.py | md5sum | cut -d' ' -f1)
-    scorer_sig+=" $(python -c 'from importlib.metadata import version as v
-print(*(p + "==" + v(p) for p in ("sacrebleu", "jiwer", "transformers")))')" || die "stage 7: sacrebleu, jiwer or" \
-        "transformers is not installed (bash tools/install.sh)"
+    scorer_sig+=" $(python -c 'from blspkd.scoring.scorer import SCORING_PACKAGES as p, package_versions as v
+print(*(f"{k}=={x}" for k, x in v(list(p)).items()))')" || die "stage 7: the scoring packages do not import" \
+        "(bash tools/install.sh installs them)"
     # score_exp <exp dir> <all|instruction>: score every complete decode dir of decode_passes.
     score_exp() {
         local exp=$1 mode=$2 dset pass ddir task score_opts signature
